@@ -1,0 +1,186 @@
+"""Our conditional U-Net: the denoiser of latent diffusion, with diffusers-identical parameter names."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LatentDiffError
+from .blocks import DownBlock, MidBlock, TimestepEmbedding, UpBlock, timestep_embedding
+
+# diffusers block type names we understand, and what they mean for us.
+_DOWN_TYPES = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
+_UP_TYPES = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
+# diffusers config keys that must keep their default for the SD family we implement.
+_UNSUPPORTED = {
+    "class_embed_type": None, "addition_embed_type": None, "time_cond_proj_dim": None, "encoder_hid_dim": None,
+    "num_class_embeds": None, "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
+    "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "act_fn": "silu", "mid_block_type": "UNetMidBlock2DCrossAttn",
+}
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of the U-Net; defaults are Stable Diffusion 1.x."""
+
+    in_channels: int = 4                                    # latent channels in (9 for inpainting models)
+    out_channels: int = 4                                   # predicted noise / v channels
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)  # width per resolution level
+    layers_per_block: int = 2                               # ResNet blocks per down level (up levels get one more)
+    attention_levels: tuple[bool, ...] = (True, True, True, False)  # cross-attention transformer at each down level
+    num_heads: tuple[int, ...] | int = 8                    # heads per level (SD1: 8 everywhere; SD2: 5, 10, 20, 20)
+    cross_attention_dim: int = 768                          # text embedding width (768 CLIP ViT-L, 1024 OpenCLIP ViT-H)
+    transformer_depth: int = 1                              # transformer blocks per Transformer2D
+    use_linear_projection: bool = False                     # SD2: Linear proj_in/out instead of 1×1 convs
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+    upcast_attention: bool = False                          # kept for round-tripping SD2 configs; SDPA ignores it
+    sample_size: int = 64                                   # latent side the model was trained at
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        n = len(self.block_out_channels)
+        if len(self.attention_levels) != n:
+            raise LatentDiffError(f"attention_levels has {len(self.attention_levels)} entries for {n} levels")
+        heads = (self.num_heads,) * n if isinstance(self.num_heads, int) else tuple(self.num_heads)
+        if len(heads) != n:
+            raise LatentDiffError(f"num_heads has {len(heads)} entries for {n} levels")
+        self.num_heads = heads
+        for ch, h in zip(self.block_out_channels, heads):
+            if ch % h or ch % self.norm_num_groups:
+                raise LatentDiffError(f"width {ch} is not divisible by {h} heads and {self.norm_num_groups} groups")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        """Build from our own keys, failing with one line on an unknown key."""
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise LatentDiffError(f"unknown U-Net config key {key!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_diffusers(cls, cfg: dict) -> "UNetConfig":
+        """Translate a diffusers `unet/config.json` dict, refusing features outside the SD 1.x/2.x family."""
+        for key, default in _UNSUPPORTED.items():
+            if cfg.get(key, default) != default:
+                raise LatentDiffError(f"unsupported U-Net feature {key}={cfg[key]!r} (only SD 1.x/2.x layouts are implemented)")
+        try:
+            levels = tuple(_DOWN_TYPES[t] for t in cfg["down_block_types"])
+            ups = tuple(_UP_TYPES[t] for t in cfg["up_block_types"])
+        except KeyError as e:
+            raise LatentDiffError(f"unsupported U-Net block type {e.args[0]!r}") from None
+        if ups != levels[::-1]:
+            raise LatentDiffError("up blocks do not mirror down blocks; this U-Net layout is not supported")
+        heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)  # diffusers' naming quirk: SD's "head dim" is the head count
+        depth = cfg.get("transformer_layers_per_block", 1)
+        if not isinstance(depth, int):
+            if len(set(depth)) != 1:
+                raise LatentDiffError("per-level transformer depth is not supported")
+            depth = depth[0]
+        return cls(
+            in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
+            block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg.get("layers_per_block", 2),
+            attention_levels=levels, num_heads=heads if isinstance(heads, int) else tuple(heads),
+            cross_attention_dim=cfg.get("cross_attention_dim", 768), transformer_depth=depth,
+            use_linear_projection=cfg.get("use_linear_projection", False), norm_num_groups=cfg.get("norm_num_groups", 32),
+            norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
+            freq_shift=cfg.get("freq_shift", 0), upcast_attention=cfg.get("upcast_attention", False),
+            sample_size=cfg.get("sample_size", 64),
+        )
+
+    def to_diffusers(self) -> dict:
+        """A diffusers `UNet2DConditionModel` config dict describing the same network."""
+        return {
+            "_class_name": "UNet2DConditionModel",
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "block_out_channels": list(self.block_out_channels), "layers_per_block": self.layers_per_block,
+            "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.attention_levels],
+            "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in self.attention_levels[::-1]],
+            "attention_head_dim": list(self.num_heads), "cross_attention_dim": self.cross_attention_dim,
+            "transformer_layers_per_block": self.transformer_depth, "use_linear_projection": self.use_linear_projection,
+            "norm_num_groups": self.norm_num_groups, "norm_eps": self.norm_eps, "flip_sin_to_cos": self.flip_sin_to_cos,
+            "freq_shift": self.freq_shift, "upcast_attention": self.upcast_attention, "sample_size": self.sample_size,
+            "center_input_sample": False, "act_fn": "silu", "mid_block_scale_factor": 1, "downsample_padding": 1,
+        }
+
+
+class UNet(nn.Module):
+    """Conditional U-Net ε/v-predictor: (noisy latents, timestep, text embeddings) → (B, out_channels, h, w)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        ch0, temb_dim = c.block_out_channels[0], c.block_out_channels[0] * 4
+        common = dict(context_dim=c.cross_attention_dim, depth=c.transformer_depth, groups=c.norm_num_groups,
+                      eps=c.norm_eps, linear_proj=c.use_linear_projection)
+        self.conv_in = nn.Conv2d(c.in_channels, ch0, 3, padding=1)
+        self.time_embedding = TimestepEmbedding(ch0, temb_dim)
+
+        n = len(c.block_out_channels)
+        self.down_blocks = nn.ModuleList()
+        out_ch = ch0
+        for i in range(n):
+            in_ch, out_ch = out_ch, c.block_out_channels[i]
+            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.attention_levels[i],
+                                              heads=c.num_heads[i], downsample=i < n - 1, **common))
+        self.mid_block = MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], **common)
+
+        rev_ch, rev_attn, rev_heads = c.block_out_channels[::-1], c.attention_levels[::-1], c.num_heads[::-1]
+        self.up_blocks = nn.ModuleList()
+        out_ch = rev_ch[0]
+        for i in range(n):
+            prev_ch, out_ch, in_ch = out_ch, rev_ch[i], rev_ch[min(i + 1, n - 1)]
+            self.up_blocks.append(UpBlock(in_ch, prev_ch, out_ch, temb_dim, layers=c.layers_per_block + 1, attention=rev_attn[i],
+                                          heads=rev_heads[i], upsample=i < n - 1, **common))
+
+        self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, ch0, eps=c.norm_eps)
+        self.conv_out = nn.Conv2d(ch0, c.out_channels, 3, padding=1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
+    def enable_gradient_checkpointing(self, on: bool = True) -> None:
+        """Recompute block activations in the backward pass to save memory (training only)."""
+        for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
+            block.gradient_checkpointing = on
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """sample (B, C_in, h, w), timestep scalar or (B,), encoder_hidden_states (B, T, D) → (B, C_out, h, w)."""
+        b = sample.shape[0]
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.reshape(1).expand(b) if t.ndim == 0 else t.expand(b)
+        temb = timestep_embedding(t, self.config.block_out_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos,
+                                  freq_shift=self.config.freq_shift).to(sample.dtype)  # (B, ch0)
+        temb = self.time_embedding(temb)  # (B, 4·ch0)
+        context = encoder_hidden_states
+
+        x = self.conv_in(sample)  # (B, ch0, h, w)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, temb, context)
+            skips.extend(block_skips)
+        x = self.mid_block(x, temb, context)
+        for i, block in enumerate(self.up_blocks):
+            level_skips = skips[-len(block.resnets):]
+            del skips[-len(block.resnets):]
+            size = tuple(skips[-1].shape[-2:]) if skips else None  # upsample to the next skip's size (odd sides)
+            x = block(x, level_skips, temb, context, upsample_size=size)
+        x = self.conv_out(F.silu(self.conv_norm_out(x)))
+        return x
