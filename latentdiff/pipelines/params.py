@@ -1,0 +1,108 @@
+"""Generation parameters carried inside every PNG: an A1111 `parameters` text chunk plus a JSON chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from ..errors import LatentDiffError
+from .samplers import display_name
+
+JSON_KEY = "latentdiff"
+
+
+@dataclass
+class GenerationParams:
+    """Everything needed to draw one image again."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    sampler: str = "dpmpp_2m"
+    guidance_scale: float = 7.5
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    model: str = ""                 # the path given to from_pretrained, or "default"
+    model_hash: str = ""            # sha256[:10] of a single-file checkpoint (A1111's "Model hash")
+    guidance_rescale: float = 0.0
+    clip_skip: int = 0
+    loras: list = field(default_factory=list)   # [[path, weight], ...]
+    dtype: str = ""
+    extra: dict = field(default_factory=dict)   # mode-specific settings (img2img strength, mask, input hash, ...)
+
+    def to_a1111(self) -> str:
+        """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+        lines = [self.prompt + "".join(f" <lora:{Path(p).stem}:{w:g}>" for p, w in self.loras)]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        pairs = {"Steps": self.steps, "Sampler": display_name(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
+                 "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        if self.model_hash:
+            pairs["Model hash"] = self.model_hash
+        if self.model:
+            pairs["Model"] = Path(self.model).stem if self.model != "default" else "default"
+        if self.clip_skip:
+            pairs["Clip skip"] = self.clip_skip + 1  # A1111 counts "1" as no skip
+        if self.guidance_rescale:
+            pairs["CFG Rescale"] = f"{self.guidance_rescale:g}"
+        for k, v in self.extra.items():
+            pairs[k] = v
+        lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GenerationParams":
+        d = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLike) -> Path:
+    """Write the PNG with both chunks atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", params.to_a1111())
+    info.add_itxt(JSON_KEY, params.to_json())
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
+    except OSError as e:
+        raise LatentDiffError(f"cannot write to {path.parent}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_params(path: str | os.PathLike) -> GenerationParams:
+    """The parameters a latentdiff PNG carries; one-line error for other files."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentDiffError(f"no such image: {path}")
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(JSON_KEY) or getattr(im, "text", {}).get(JSON_KEY)
+    except OSError:
+        raise LatentDiffError(f"{path} is not a readable image") from None
+    if not text:
+        raise LatentDiffError(f"{path} carries no latentdiff parameters")
+    return GenerationParams.from_json(text)
+
+
+def next_free_path(folder: str | os.PathLike = ".", prefix: str = "") -> Path:
+    """The next numbered file name `00000.png`, `00001.png`, ... not yet taken in `folder`."""
+    folder = Path(folder)
+    taken = [int(p.stem[len(prefix):]) for p in folder.glob(f"{prefix}[0-9]*.png") if p.stem[len(prefix):].isdigit()]
+    return folder / f"{prefix}{(max(taken) + 1 if taken else 0):05d}.png"
