@@ -1,0 +1,224 @@
+"""Load the four components of a latent diffusion model from a local path, and save them as a diffusers folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import LatentDiffError
+from ..models.unet import UNet, UNetConfig
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class Components:
+    """Everything a pipeline needs, loaded from one local path."""
+
+    unet: UNet
+    vae: "AutoencoderKL"  # noqa: F821
+    text_encoder: "CLIPTextModel"  # noqa: F821
+    tokenizer: "CLIPTokenizer"  # noqa: F821
+    scheduler_config: dict
+    kind: str = "sd1"                      # "sd1" (CLIP ViT-L layout) or "sd2" (OpenCLIP layout) for single-file export
+    source: str = ""                       # the path it came from
+    single_file: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+
+def build_unet(config: UNetConfig, state: dict[str, torch.Tensor], source: str) -> UNet:
+    """Instantiate on the meta device and take the tensors as they are; strict key and shape checks."""
+    with torch.device("meta"):
+        unet = UNet(config)
+    expected = unet.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        what = "missing" if missing else "unexpected"
+        raise LatentDiffError(f"{source}: U-Net weights do not fit its config ({what} key {key}, {len(missing)} missing, {len(unexpected)} unexpected)")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise LatentDiffError(f"{source}: U-Net weight {k} has shape {tuple(state[k].shape)}, config expects {tuple(v.shape)}")
+    unet.load_state_dict(state, strict=True, assign=True)
+    return unet.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors → state dict, one-line error for a truncated or corrupt file."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for bad headers and short files
+        raise LatentDiffError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LatentDiffError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LatentDiffError(f"{path} is not valid JSON") from None
+
+
+def _weights_file(folder: Path, stem: str, allow_pickle: bool) -> Path:
+    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    for name in (f"{stem}.bin", f"{stem}.fp16.bin"):
+        if (folder / name).is_file():
+            if not allow_pickle:
+                raise LatentDiffError(f"{folder / name} is a pickle; pass --allow-pickle (allow_pickle=True) to load it with weights_only=True")
+            return folder / name
+    raise LatentDiffError(f"{folder} has no {stem}.safetensors")
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LatentDiffError(f"{path} could not be read as a weights-only pickle ({str(e).splitlines()[0][:120]})") from None
+
+
+def load_tokenizer(folder: Path | None, kind: str):
+    """The folder's tokenizer, or the CLIP BPE tokenizer we ship (SD2 pads with "!", SD1 with <|endoftext|>)."""
+    from transformers import CLIPTokenizer
+
+    if folder is None or not (folder / "vocab.json").is_file():
+        folder = ASSETS / ("tokenizer_sd2" if kind == "sd2" else "tokenizer")
+        if not (folder / "vocab.json").is_file():
+            raise LatentDiffError("the model has no tokenizer and the bundled CLIP tokenizer is missing from latentdiff/assets")
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:
+        raise LatentDiffError(f"{folder}: tokenizer could not be loaded ({str(e).splitlines()[0][:120]})") from None
+
+
+def _load_pretrained(cls, folder: Path, what: str):
+    if not folder.is_dir():
+        raise LatentDiffError(f"{folder.parent} is missing its {what} folder")
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True)
+    except LatentDiffError:
+        raise
+    except Exception as e:
+        raise LatentDiffError(f"{folder}: {what} could not be loaded ({str(e).splitlines()[0][:160]})") from None
+
+
+def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_type: str | None = None) -> Components:
+    """A diffusers folder: model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    unet_dir = path / "unet"
+    config = UNetConfig.from_diffusers(_read_json(unet_dir / "config.json"))
+    unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
+    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE")
+    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder")
+    kind = "sd2" if config.use_linear_projection else "sd1"
+    tokenizer = load_tokenizer(path / "tokenizer", kind)
+    scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
+    if prediction_type:
+        scheduler_config["prediction_type"] = prediction_type
+    return Components(unet, vae.eval(), text_encoder.eval(), tokenizer, scheduler_config, kind=kind, source=str(path))
+
+
+def load_single_file(path: Path, *, allow_pickle: bool = False, prediction_type: str | None = None) -> Components:
+    """A single-file LDM checkpoint (A1111/CompVis layout), converted with explicit key maps."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .single_file import read_single_file
+
+    parts = read_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    unet = build_unet(UNetConfig.from_diffusers(parts.unet_config), parts.unet_state, f"{path} (U-Net)")
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(parts.vae_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**parts.text_config))
+    vae.load_state_dict(parts.vae_state, strict=True, assign=True)
+    _load_text_state(text_encoder, parts.text_state)
+    tokenizer = load_tokenizer(Path(parts.tokenizer_dir), parts.kind)
+    return Components(unet, vae.eval(), text_encoder.eval(), tokenizer, parts.scheduler_config, kind=parts.kind,
+                      source=str(path), single_file=True)
+
+
+def _load_text_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Load CLIP text weights; the position_ids buffer is rebuilt rather than read."""
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise LatentDiffError(f"text encoder weights do not fit its config (first: {(missing or unexpected)[0]})")
+    for name, buf in list(model.named_buffers()):
+        if name.endswith("position_ids") and buf.is_meta:
+            owner = model.get_submodule(name.rsplit(".", 1)[0])
+            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+
+
+def load_components(path: str | os.PathLike, *, allow_pickle: bool = False, prediction_type: str | None = None) -> Components:
+    """Dispatch on what the path is: a diffusers folder or a single checkpoint file; never a hub lookup."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LatentDiffError(f"no such model path: {p}")
+    if p.is_dir():
+        if not (p / "model_index.json").is_file():
+            raise LatentDiffError(f"{p} is not a model folder (no model_index.json)")
+        return load_diffusers_folder(p, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    if p.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise LatentDiffError(f"{p} is neither a diffusers folder nor a checkpoint file ({', '.join(WEIGHT_SUFFIXES)})")
+    return load_single_file(p, allow_pickle=allow_pickle, prediction_type=prediction_type)
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """A1111's model hash: the first 10 hex digits of the file's sha256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:10]
+
+
+def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
+    """Write a folder that both we and diffusers' StableDiffusionPipeline load; atomic via a temp folder."""
+    import diffusers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        (tmp / "unet").mkdir()
+        (tmp / "unet" / "config.json").write_text(json.dumps(c.unet.config.to_diffusers(), indent=2))
+        save_file({k: v.contiguous() for k, v in c.unet.state_dict().items()}, str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
+        c.vae.save_pretrained(str(tmp / "vae"))
+        c.text_encoder.save_pretrained(str(tmp / "text_encoder"))
+        c.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "scheduler").mkdir()
+        sched = {"_class_name": "PNDMScheduler", **{k: v for k, v in c.scheduler_config.items() if k != "_class_name"}}
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", sched["_class_name"]], "safety_checker": [None, None],
+                 "feature_extractor": [None, None], "requires_safety_checker": False}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,190 @@
+"""Text-to-image: prompt → CLIP embeddings → seeded noise → guided denoising → VAE decode → PIL images."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..checkpoints import Components, file_hash, load_components, save_diffusers_folder
+from ..errors import LatentDiffError
+from ..models.attention import set_attention_backend
+from ..models.text import encode_prompts
+from ..runtime import parse_device, parse_dtype
+from .guidance import CFGDenoiser
+from .params import GenerationParams
+from .samplers import check_sampler, make_scheduler
+
+
+@dataclass
+class PipelineOutput:
+    """What a pipeline call returns: PIL images and, for each, the parameters that reproduce it."""
+
+    images: list[Image.Image]
+    params: list[GenerationParams] = field(default_factory=list)
+
+
+def check_size(width: int, height: int, multiple: int = 8) -> None:
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or v <= 0 or v % multiple:
+            raise LatentDiffError(f"{name} must be a positive multiple of {multiple}, got {v}")
+
+
+class LatentDiffusionPipeline:
+    """Stable-Diffusion-style text-to-image with our U-Net and diffusers/transformers VAE, CLIP and schedulers."""
+
+    def __init__(self, components: Components, *, device=None, dtype=None, attention: str = "sdpa", model_name: str = ""):
+        self.components = components
+        self.model_name = model_name or components.source
+        self._model_hash: str | None = None
+        self.device = parse_device(device)
+        self.dtype = parse_dtype(dtype, self.device)
+        set_attention_backend(self.unet, attention)
+        self.attention = attention
+        self.to(self.device, self.dtype)
+
+    # -- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
+                        allow_pickle: bool = False, prediction_type: str | None = None) -> "LatentDiffusionPipeline":
+        """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path."""
+        components = load_components(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
+        return cls(components, device=device, dtype=dtype, attention=attention, model_name=str(path))
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write a diffusers folder (loadable by diffusers' StableDiffusionPipeline too)."""
+        return save_diffusers_folder(self.components, path)
+
+    def to(self, device=None, dtype=None) -> "LatentDiffusionPipeline":
+        self.device = parse_device(device) if device is not None else self.device
+        self.dtype = parse_dtype(dtype, self.device) if dtype is not None else self.dtype
+        self.unet.to(self.device, self.dtype)
+        self.text_encoder.to(self.device, self.dtype)
+        # SD's VAE overflows in fp16 (diffusers flags it `force_upcast`): decode it in fp32 then.
+        upcast = self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", True)
+        self.vae.to(self.device, torch.float32 if upcast else self.dtype)
+        return self
+
+    unet = property(lambda self: self.components.unet)
+    vae = property(lambda self: self.components.vae)
+    text_encoder = property(lambda self: self.components.text_encoder)
+    tokenizer = property(lambda self: self.components.tokenizer)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def model_hash(self) -> str:
+        if self._model_hash is None:
+            self._model_hash = file_hash(self.components.source) if self.components.single_file else ""
+        return self._model_hash
+
+    # -- the stages, in data-flow order ---------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int = 0) -> torch.Tensor:
+        """[uncond; cond] embeddings (2B, T, D) when guided, else cond only (B, T, D)."""
+        texts = negatives + prompts if guided else prompts
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
+
+    def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """Gaussian latents (B, C, h, w), one CPU generator per image seeded with its seed (as diffusers with a list)."""
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        c = self.unet.config.out_channels
+        shape = (1, c, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])  # (B, C, h, w)
+        return noise.to(self.device, self.dtype), gens
+
+    def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,
+                progress: bool = True, on_step: Callable | None = None) -> torch.Tensor:
+        """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step."""
+        extra = {}
+        step_params = inspect.signature(scheduler.step).parameters
+        if "eta" in step_params:
+            extra["eta"] = 0.0
+        if "generator" in step_params:
+            extra["generator"] = generators
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+            x_in = scheduler.scale_model_input(latents, t)
+            pred = model(x_in, t)
+            latents = scheduler.step(pred, t, latents, return_dict=False, **extra)[0]
+            if on_step is not None:
+                latents = on_step(i, t, latents)
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → images in [0, 1], (B, 3, H, W) float32."""
+        cfg = self.vae.config
+        latents = latents.to(self.vae.dtype) / cfg.scaling_factor
+        if getattr(cfg, "shift_factor", None):
+            latents = latents + cfg.shift_factor
+        images = self.vae.decode(latents).sample  # (B, 3, H, W) in about [-1, 1]
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        arr = images.cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
+
+    # -- the call ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int = 25,
+                 guidance_scale: float = 7.5, sampler: str = "dpmpp_2m", seed: int | None = None, height: int | None = None,
+                 width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
+                 progress: bool = True) -> PipelineOutput:
+        """Generate `num_images` images per prompt.
+
+        Args:
+            prompt: text (or list of texts); "" is unconditional. Prompts over 75 tokens are chunked (see README).
+            negative_prompt: text(s) guidance steers away from; "" is the unconditional embedding.
+            num_inference_steps: sampler steps (> 0).
+            guidance_scale: classifier-free guidance scale; ≤ 1 turns guidance off.
+            sampler: a name from `latentdiff.pipelines.samplers.SAMPLERS` (e.g. "dpmpp_2m", "euler_a", "ddim").
+            seed: image i of prompt j uses seed + j·num_images + i; None picks a random seed.
+            height, width: pixels, positive multiples of 8; default the model's native size.
+            num_images: images per prompt.
+            guidance_rescale: φ of Lin et al. 2023 (0.7 suggested for v-prediction models).
+            clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
+        Returns:
+            PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise LatentDiffError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or native, width or native
+        check_size(width, height, self.vae_scale_factor)
+        if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
+            raise LatentDiffError(f"steps must be a positive integer, got {num_inference_steps}")
+        if num_images <= 0:
+            raise LatentDiffError(f"num_images must be positive, got {num_images}")
+        sampler = check_sampler(sampler)
+        seed = random.randrange(2**32) if seed is None else int(seed)
+
+        prompts = [p for p in prompts for _ in range(num_images)]
+        negatives = [n for n in negatives for _ in range(num_images)]
+        seeds = [seed + i for i in range(len(prompts))]
+        scheduler = make_scheduler(sampler, self.components.scheduler_config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+        context = self.encode_text(prompts, negatives, guidance_scale > 1.0, clip_skip)
+        model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale)
+        latents, gens = self.initial_noise(seeds, height, width)
+        latents = latents * scheduler.init_noise_sigma
+        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress)
+        images = self.to_pil(self.decode(latents))
+        params = [GenerationParams(prompt=p, negative_prompt=n, steps=num_inference_steps, sampler=sampler,
+                                   guidance_scale=guidance_scale, seed=s, width=width, height=height, model=self.model_name,
+                                   model_hash=self.model_hash, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
+                                   dtype=str(self.dtype).replace("torch.", ""))
+                  for p, n, s in zip(prompts, negatives, seeds)]
+        return PipelineOutput(images, params)

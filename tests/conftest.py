@@ -1,0 +1,75 @@
+"""Tiny random models in the real SD layouts, so every test runs on a CPU in seconds."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_unet_config(kind: str = "sd1", in_channels: int = 4):
+    from latentdiff.models.unet import UNetConfig
+
+    if kind == "sd2":  # linear projections, per-level heads, wider context
+        return UNetConfig(in_channels=in_channels, block_out_channels=(32, 64), layers_per_block=1, attention_levels=(True, True),
+                          num_heads=(2, 4), cross_attention_dim=48, use_linear_projection=True, norm_num_groups=8, sample_size=8)
+    return UNetConfig(in_channels=in_channels, block_out_channels=(32, 64), layers_per_block=1, attention_levels=(False, True),
+                      num_heads=2, cross_attention_dim=32, norm_num_groups=8, sample_size=8)
+
+
+def tiny_components(kind: str = "sd1", seed: int = 0, in_channels: int = 4, prediction_type: str = "epsilon"):
+    """Random U-Net + 8×-downsampling VAE + 2-layer CLIP text encoder + the shipped CLIP tokenizer."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from latentdiff.checkpoints import Components
+    from latentdiff.checkpoints.loader import load_tokenizer
+    from latentdiff.models.unet import UNet
+
+    torch.manual_seed(seed)
+    cfg = tiny_unet_config(kind, in_channels)
+    unet = UNet(cfg).eval()
+    with torch.no_grad():  # default init leaves conv_out ≈ 0 in no model of ours, but be sure outputs are lively
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, norm_num_groups=8, sample_size=64).eval()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=cfg.cross_attention_dim, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                                        hidden_act="gelu" if kind == "sd2" else "quick_gelu",
+                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=1)).eval()
+    scheduler = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                 "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+                 "clip_sample": False, "prediction_type": prediction_type}
+    return Components(unet, vae, text, load_tokenizer(None, kind), scheduler, kind=kind, source="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1():
+    return tiny_components("sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2():
+    return tiny_components("sd2", seed=1, prediction_type="v_prediction")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tiny_sd1):
+    """The tiny SD1-layout model saved as a diffusers folder."""
+    from latentdiff.checkpoints import save_diffusers_folder
+
+    return save_diffusers_folder(tiny_sd1, tmp_path_factory.mktemp("models") / "tiny-sd1")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_sd2(tmp_path_factory, tiny_sd2):
+    from latentdiff.checkpoints import save_diffusers_folder
+
+    return save_diffusers_folder(tiny_sd2, tmp_path_factory.mktemp("models") / "tiny-sd2")
