@@ -78,6 +78,10 @@ class LatentDiffusionPipeline:
     text_encoder = property(lambda self: self.components.text_encoder)
     tokenizer = property(lambda self: self.components.tokenizer)
 
+    def load_lora(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
+        """Attach a LoRA file (peft/diffusers or kohya/A1111 format) as a named adapter."""
+        raise LatentDiffError("LoRA loading is not available in this version yet")
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
