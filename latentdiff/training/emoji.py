@@ -1,0 +1,336 @@
+"""Build the Fluent 3D emoji image-caption dataset from two npm packages (both MIT).
+
+Images: ``@lobehub/fluent-emoji-3d`` (RGBA 256×256 webp renders of Microsoft's Fluent 3D emoji, file
+name = codepoint sequence). Captions: ``emojibase-data`` (``en/data.json``: CLDR label, tags, group
+and subgroup per emoji, skin-tone variants under ``skins``; ``meta/groups.json`` names the groups).
+
+Choices, fixed so that every build is the same dataset:
+
+* Background: transparent pixels are composited onto **white** (255, 255, 255), so a fully
+  transparent pixel becomes exactly white. Images are fitted into a ``size``×``size`` white square
+  (the few 256×264 renders are scaled to fit and centred).
+* Matching: codepoint sequences are compared after normalisation (lower-case hex, at least four
+  digits, joined by "-", FE0F variation selectors and the E007F tag terminator dropped). A render
+  whose sequence is still unknown but carries skin-tone modifiers falls back to the base emoji with
+  the tone names appended to its label. Renders with no label are counted and left out. Where
+  several renders normalise to one sequence (the package has e.g. both "0023-fe0f-20e3" and
+  "23-fe0f-20e3"), the one spelled as emojibase spells it is kept and the others are counted as
+  duplicates.
+* Hold-out: an emoji is held out for evaluation iff sha256 of its *base* sequence (the emojibase
+  parent entry, so all skin tones of one emoji share a split) read as an integer is 0 mod 20
+  (about 5%). "cat face", "cat" and "astronaut" are in training; "snake", "volcano", "OK hand" (all
+  five tones) are examples of held-out emoji. Written
+  as the ``split`` field of ``metadata.jsonl`` and as ``holdout.txt``.
+* Output: ``<codepoints>.png`` plus ``metadata.jsonl`` (``file_name``, ``text`` = CLDR label,
+  ``tags``, ``group``, ``subgroup``, ``codepoints``, ``emoji``, ``split``). Written into a temporary
+  folder beside ``out_dir`` and renamed at the end, so a failed build leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from latentdiff.errors import LatentDiffError
+from latentdiff.training.data import WHITE, flatten_alpha
+
+IMAGES_PACKAGE = ("@lobehub/fluent-emoji-3d", "1.1.0", "lobehub-fluent-emoji-3d")
+LABELS_PACKAGE = ("emojibase-data", "17.0.0", "emojibase-data")
+HOLDOUT_MODULUS = 20
+DROPPED_CODEPOINTS = frozenset({"fe0f", "e007f"})  # variation selector-16, cancel tag
+SKIN_TONES = {"1f3fb": "light skin tone", "1f3fc": "medium-light skin tone", "1f3fd": "medium skin tone",
+              "1f3fe": "medium-dark skin tone", "1f3ff": "dark skin tone"}
+
+
+@dataclass(frozen=True)
+class EmojiInfo:
+    """Caption data of one emoji (or one skin-tone variant) from emojibase."""
+
+    label: str                      # CLDR label, e.g. "astronaut: light skin tone"
+    tags: tuple[str, ...]           # CLDR keywords; skin variants inherit their parent's
+    group: str | None               # e.g. "people-body"; None for regional indicators
+    subgroup: str | None            # e.g. "person-role"
+    base: str                       # normalised codepoints of the parent entry (hold-out key)
+    emoji: str = ""                 # the emoji character sequence
+    hexcode: str = ""               # emojibase's own spelling, e.g. "1F441-FE0F-200D-1F5E8-FE0F"
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote and what it left out."""
+
+    out_dir: Path
+    images: int = 0                                                # images written (all captioned)
+    held_out: int = 0                                              # of which in the hold-out split
+    unmatched: int = 0                                             # renders with no emojibase label
+    unmatched_examples: list[str] = field(default_factory=list)    # their file names (a few)
+    skin_fallback: int = 0                                         # labelled as base emoji + tone names
+    duplicates: int = 0                                            # other renders of a kept sequence
+    unreadable: int = 0                                            # renders Pillow could not decode
+    labels_without_image: int = 0                                  # emojibase entries with no render
+
+    def summary(self) -> str:
+        """A few lines for the CLI."""
+        lines = [f"wrote {self.images} images to {self.out_dir} ({self.images - self.held_out} train, "
+                 f"{self.held_out} held out)",
+                 f"unmatched renders: {self.unmatched}"
+                 + (f" (e.g. {', '.join(self.unmatched_examples[:5])})" if self.unmatched_examples else ""),
+                 f"duplicates skipped: {self.duplicates}; unreadable: {self.unreadable}; "
+                 f"matched by skin-tone fallback: {self.skin_fallback}; "
+                 f"emojibase labels without a render: {self.labels_without_image}"]
+        return "\n".join(lines)
+
+
+def normalize_codepoints(sequence: str) -> str:
+    """Canonical codepoint key: "1F9D1-200D-1F680" / "23-fe0f-20e3" → "1f9d1-200d-1f680" / "0023-20e3"."""
+    parts = sequence.strip().replace("_", "-").replace(" ", "-").split("-")
+    try:
+        points = [f"{int(p, 16):04x}" for p in parts if p]
+    except ValueError:
+        raise ValueError(f"not a codepoint sequence: {sequence!r}") from None
+    return "-".join(p for p in points if p not in DROPPED_CODEPOINTS)
+
+
+def is_held_out(base: str) -> bool:
+    """The fixed hold-out rule: sha256(base codepoints) as an integer ≡ 0 (mod 20)."""
+    return int(hashlib.sha256(base.encode()).hexdigest(), 16) % HOLDOUT_MODULUS == 0
+
+
+def emojibase_index(entries: list[dict], groups: dict | None = None) -> dict[str, EmojiInfo]:
+    """Map normalised codepoints → EmojiInfo for every entry of en/data.json and its skins."""
+    group_names = (groups or {}).get("groups", {})
+    subgroup_names = (groups or {}).get("subgroups", {})
+
+    def name(table: dict, number: object) -> str | None:
+        return None if number is None else table.get(str(number), str(number))
+
+    index: dict[str, EmojiInfo] = {}
+    for entry in entries:
+        base = normalize_codepoints(entry["hexcode"])
+        tags = tuple(entry.get("tags") or ())
+        for item in [entry, *(entry.get("skins") or ())]:
+            key = normalize_codepoints(item["hexcode"])
+            index.setdefault(key, EmojiInfo(
+                label=item["label"], tags=tags, base=base, emoji=item.get("emoji", ""), hexcode=item["hexcode"],
+                group=name(group_names, item.get("group", entry.get("group"))),
+                subgroup=name(subgroup_names, item.get("subgroup", entry.get("subgroup")))))
+    return index
+
+
+def match_emoji(key: str, index: dict[str, EmojiInfo]) -> tuple[EmojiInfo | None, bool]:
+    """The EmojiInfo for a normalised key, and whether it came from the skin-tone fallback."""
+    if key in index:
+        return index[key], False
+    points = key.split("-")
+    tones = [SKIN_TONES[p] for p in points if p in SKIN_TONES]
+    base = index.get("-".join(p for p in points if p not in SKIN_TONES)) if tones else None
+    if base is None:
+        return None, False
+    label = f"{base.label}: {', '.join(dict.fromkeys(tones))}"
+    return EmojiInfo(label, base.tags, base.group, base.subgroup, base.base, base.emoji, key), True
+
+
+def render_image(data: bytes, size: int, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Decode a render, composite it onto the background and fit it into a size×size square."""
+    with Image.open(io.BytesIO(data)) as im:
+        image = flatten_alpha(im, background)
+    if image.size == (size, size):
+        return image
+    scale = size / max(image.size)
+    fitted = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                          Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size, size), background)
+    canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+    return canvas
+
+
+def default_cache_dir() -> Path:
+    """~/.cache/latentdiff/npm, or under $XDG_CACHE_HOME."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentdiff" / "npm"
+
+
+def _tarball_name(package: tuple[str, str, str]) -> str:
+    return f"{package[2]}-{package[1]}.tgz"
+
+
+def find_tarball(folder: Path, package: tuple[str, str, str]) -> Path:
+    """The pinned tarball in folder (or the only other version of it there)."""
+    exact = folder / _tarball_name(package)
+    if exact.is_file():
+        return exact
+    others = sorted(folder.glob(f"{package[2]}-[0-9]*.tgz"))
+    if len(others) == 1:
+        return others[0]
+    raise LatentDiffError(f"{_tarball_name(package)} not found in {folder} (get it with "
+                          f"`npm pack {package[0]}@{package[1]}`)")
+
+
+def fetch_tarball(package: tuple[str, str, str], cache_dir: Path) -> Path:
+    """The package tarball from the cache, downloaded there with `npm pack` if absent."""
+    target = cache_dir / _tarball_name(package)
+    if target.is_file():
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        raise LatentDiffError("npm not found: install Node.js, or pass --tarballs DIR holding "
+                              f"{_tarball_name(IMAGES_PACKAGE)} and {_tarball_name(LABELS_PACKAGE)}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
+        done = subprocess.run([npm, "pack", f"{package[0]}@{package[1]}", "--pack-destination", tmp],
+                              capture_output=True, text=True)
+        packed = Path(tmp) / target.name
+        if done.returncode != 0 or not packed.is_file():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LatentDiffError(f"npm pack {package[0]}@{package[1]} failed: {last}")
+        packed.replace(target)
+    return target
+
+
+def _read_json(tar: tarfile.TarFile, name: str) -> object:
+    try:
+        member = tar.getmember(name)
+    except KeyError:
+        raise LatentDiffError(f"{tar.name}: no {name} inside; is this the emojibase-data tarball?") from None
+    return json.load(tar.extractfile(member))
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise LatentDiffError(f"cannot read tarball {path}: {e}") from None
+
+
+def build_emoji_dataset(
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,              # npm tarball cache; default ~/.cache/latentdiff/npm
+    tarballs: str | Path | None = None,               # folder with the two .tgz already downloaded
+    size: int = 256,                                  # output side in pixels
+    background: tuple[int, int, int] = WHITE,         # colour behind transparent pixels
+    overwrite: bool = False,                          # replace an existing non-empty out_dir
+    progress: bool = True,                            # tqdm bar
+) -> BuildReport:
+    """Write the emoji image-caption dataset (PNG + metadata.jsonl + holdout.txt) to out_dir."""
+    out_dir = Path(out_dir)
+    if size < 8:
+        raise LatentDiffError(f"--size must be at least 8, got {size}")
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not overwrite:
+        raise LatentDiffError(f"{out_dir} exists and is not empty (choose another folder or overwrite)")
+    if tarballs is not None:
+        folder = Path(tarballs)
+        if not folder.is_dir():
+            raise LatentDiffError(f"--tarballs folder not found: {folder}")
+        images_tgz, labels_tgz = find_tarball(folder, IMAGES_PACKAGE), find_tarball(folder, LABELS_PACKAGE)
+    else:
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        images_tgz, labels_tgz = fetch_tarball(IMAGES_PACKAGE, cache), fetch_tarball(LABELS_PACKAGE, cache)
+
+    with _open_tar(labels_tgz) as tar:
+        index = emojibase_index(_read_json(tar, "package/en/data.json"), _read_json(tar, "package/meta/groups.json"))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    try:
+        report = _write_dataset(images_tgz, index, tmp, size, background, progress)
+        (tmp / "SOURCES.txt").write_text(
+            f"Images: npm {IMAGES_PACKAGE[0]}@{IMAGES_PACKAGE[1]} ({images_tgz.name}), MIT, Microsoft Fluent Emoji.\n"
+            f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
+            f"Built by latentdiff.training.emoji: {size}x{size} PNG on background {background}; "
+            f"hold-out = sha256(base codepoints) % {HOLDOUT_MODULUS} == 0.\n", encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.out_dir = out_dir
+    return report
+
+
+def _read_renders(images_tgz: Path) -> dict[str, bytes]:
+    """File name → webp bytes for every render in the tarball, read in archive order (one pass)."""
+    with _open_tar(images_tgz) as tar:
+        renders = {Path(m.name).name: tar.extractfile(m).read()
+                   for m in tar if m.isfile() and m.name.endswith(".webp")}
+    if not renders:
+        raise LatentDiffError(f"{images_tgz}: no .webp renders inside; is this the fluent-emoji-3d tarball?")
+    return renders
+
+
+def _preference(file_name: str, info: EmojiInfo) -> tuple:
+    """Sort key among renders of one sequence: emojibase's own spelling first, then fully qualified."""
+    stem = Path(file_name).stem.lower()
+    return stem != info.hexcode.lower(), -len(stem.split("-")), file_name
+
+
+def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, size: int,
+                   background: tuple[int, int, int], progress: bool) -> BuildReport:
+    report = BuildReport(out_dir=out)
+    renders = _read_renders(images_tgz)
+    by_key: dict[str, list[tuple[str, EmojiInfo, bool]]] = {}
+    for file_name in sorted(renders):
+        try:
+            key = normalize_codepoints(Path(file_name).stem)
+        except ValueError:
+            key = ""
+        info, fallback = match_emoji(key, index) if key else (None, False)
+        if info is None:
+            report.unmatched += 1
+            if len(report.unmatched_examples) < 10:
+                report.unmatched_examples.append(file_name)
+        else:
+            by_key.setdefault(key, []).append((file_name, info, fallback))
+
+    lines, holdout = [], []
+    for key in tqdm(sorted(by_key), desc="emoji", unit="img", disable=None if progress else True):
+        candidates = sorted(by_key[key], key=lambda c: _preference(c[0], c[1]))
+        image = None
+        for tried, (file_name, info, fallback) in enumerate(candidates, 1):  # the first that decodes
+            try:
+                image = render_image(renders[file_name], size, background)
+                break
+            except (OSError, SyntaxError, ValueError):
+                report.unreadable += 1
+        if image is None:
+            continue
+        report.duplicates += len(candidates) - tried
+        report.skin_fallback += fallback
+        split = "holdout" if is_held_out(info.base) else "train"
+        out_name = f"{key}.png"
+        image.save(out / out_name)
+        lines.append({"file_name": out_name, "text": info.label, "tags": list(info.tags),
+                      "group": info.group, "subgroup": info.subgroup, "codepoints": key,
+                      "emoji": info.emoji, "split": split})
+        if split == "holdout":
+            holdout.append(f"{out_name}\t{info.label}")
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    (out / "holdout.txt").write_text(
+        f"# held-out emoji: sha256(base codepoints) % {HOLDOUT_MODULUS} == 0; file_name<TAB>label\n"
+        + "".join(line + "\n" for line in holdout), encoding="utf-8")
+    report.images, report.held_out = len(lines), len(holdout)
+    report.labels_without_image = sum(1 for k in index if k not in by_key)
+    return report
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move a finished build into place, replacing an empty or (when allowed) existing folder."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        new.rename(target)

@@ -1,0 +1,36 @@
+"""The `latentdiff data emoji OUT_DIR` subcommand: parser and runner, wired in by latentdiff.cli."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add `data` with its `emoji` sub-subcommand to the main parser's subparsers."""
+    data = subparsers.add_parser("data", help="build training datasets")
+    kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
+    emoji = kinds.add_parser(
+        "emoji", help="Fluent 3D emoji + emojibase captions (npm packages, MIT)",
+        description="Build the emoji image-caption dataset (PNG on white + metadata.jsonl + holdout.txt) "
+                    "from the npm packages @lobehub/fluent-emoji-3d@1.1.0 and emojibase-data@17.0.0.")
+    emoji.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to create (must be absent or empty)")
+    emoji.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                       help="where `npm pack` tarballs are cached (default ~/.cache/latentdiff/npm)")
+    emoji.add_argument("--tarballs", type=Path, default=None, metavar="DIR",
+                       help="use the two .tgz files already in DIR; no npm, no network")
+    emoji.add_argument("--size", type=int, default=256, metavar="N", help="image side in pixels (default 256)")
+    emoji.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
+    data.set_defaults(func=run_data)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    """Run a `data` subcommand and print its report; LatentDiffError propagates to the caller."""
+    from latentdiff.training.emoji import build_emoji_dataset
+
+    if args.data_command == "emoji":
+        report = build_emoji_dataset(args.out_dir, cache_dir=args.cache, tarballs=args.tarballs,
+                                     size=args.size, overwrite=args.overwrite)
+        print(report.summary())
+        return 0
+    raise ValueError(f"unknown data command {args.data_command!r}")
