@@ -33,7 +33,8 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], *, clip_skip: in
     input_ids = torch.tensor(ids, device=device)  # (B·k, 77)
     if clip_skip:
         out = text_encoder(input_ids, output_hidden_states=True)
-        hidden = text_encoder.text_model.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
+        final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers ≥ 5 dropped .text_model
+        hidden = final_norm(out.hidden_states[-(clip_skip + 1)])
     else:
         hidden = text_encoder(input_ids)[0]  # (B·k, 77, D)
     return hidden.reshape(len(prompts), k * hidden.shape[1], hidden.shape[2])  # (B, 77·k, D)

@@ -78,9 +78,40 @@ class LatentDiffusionPipeline:
     text_encoder = property(lambda self: self.components.text_encoder)
     tokenizer = property(lambda self: self.components.tokenizer)
 
+    # -- LoRA adapters (latentdiff.lora.manager does the work) --------------------------------------------------------
+    @property
+    def loras(self):
+        """The LoraManager holding this pipeline's adapters (created on first use)."""
+        if getattr(self, "_loras", None) is None:
+            from ..lora.manager import LoraManager
+
+            self._loras = LoraManager(self.unet, self.text_encoder)
+        return self._loras
+
     def load_lora(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
-        """Attach a LoRA file (peft/diffusers or kohya/A1111 format) as a named adapter."""
-        raise LatentDiffError("LoRA loading is not available in this version yet")
+        """Attach a LoRA file (peft/diffusers or kohya/A1111 format) as a named adapter; returns its name."""
+        return self.loras.load(path, name=name, weight=weight)
+
+    def set_loras(self, weights: dict[str, float]) -> None:
+        """Run exactly these adapters with these weights ({name: weight}); the others stay loaded, switched off."""
+        self.loras.set_weights(weights)
+
+    def disable_loras(self) -> None:
+        """Draw with the base model alone (call set_loras to switch adapters back on)."""
+        self.loras.set_enabled(False)
+
+    def fuse_loras(self) -> None:
+        """Fold the active adapters into the weights (faster steps); unfuse_loras restores the base bit for bit."""
+        self.loras.fuse()
+
+    def unfuse_loras(self) -> None:
+        self.loras.unfuse()
+
+    def active_loras(self) -> list[list]:
+        """[[path or name, weight], ...] of the adapters now changing the output (for GenerationParams.loras)."""
+        if getattr(self, "_loras", None) is None:
+            return []
+        return [[a.path or a.name, a.weight] for a in self._loras.active]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -165,7 +196,8 @@ class LatentDiffusionPipeline:
         if len(negatives) != len(prompts):
             raise LatentDiffError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
         native = self.unet.config.sample_size * self.vae_scale_factor
-        height, width = height or native, width or native
+        height = native if height is None else height
+        width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
         if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
             raise LatentDiffError(f"steps must be a positive integer, got {num_inference_steps}")
@@ -189,6 +221,18 @@ class LatentDiffusionPipeline:
         params = [GenerationParams(prompt=p, negative_prompt=n, steps=num_inference_steps, sampler=sampler,
                                    guidance_scale=guidance_scale, seed=s, width=width, height=height, model=self.model_name,
                                    model_hash=self.model_hash, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
-                                   dtype=str(self.dtype).replace("torch.", ""))
+                                   dtype=str(self.dtype).replace("torch.", ""), loras=self.active_loras())
                   for p, n, s in zip(prompts, negatives, seeds)]
         return PipelineOutput(images, params)
+
+    def img2img(self, prompt: str | list[str], image, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
+        """Redraw an image (path or PIL) under a prompt, to `strength` in (0, 1]; see pipelines.image_to_image.img2img."""
+        from .image_to_image import img2img
+
+        return img2img(self, prompt, image, negative_prompt, **kwargs)
+
+    def inpaint(self, prompt: str | list[str], image, mask, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
+        """Repaint the white part of `mask` (9-channel U-Net or latent blending); see pipelines.inpaint.inpaint."""
+        from .inpaint import inpaint
+
+        return inpaint(self, prompt, image, mask, negative_prompt, **kwargs)
