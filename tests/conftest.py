@@ -73,3 +73,11 @@ def tiny_folder_sd2(tmp_path_factory, tiny_sd2):
     from latentdiff.checkpoints import save_diffusers_folder
 
     return save_diffusers_folder(tiny_sd2, tmp_path_factory.mktemp("models") / "tiny-sd2")
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tmp_path_factory, tiny_sd1):
+    """The same tiny SD1-layout model as one LDM-layout .safetensors file."""
+    from latentdiff.checkpoints import save_single_file
+
+    return save_single_file(tiny_sd1, tmp_path_factory.mktemp("models") / "tiny-sd1.safetensors")

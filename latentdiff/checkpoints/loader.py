@@ -192,6 +192,16 @@ def file_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()[:10]
 
 
+def save_single_file(c: Components, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write one LDM-layout `.safetensors` (A1111/CompVis keys); our component configs ride in its metadata."""
+    from .single_file import write_single_file
+
+    configs = {"unet": c.unet.config.to_diffusers(), "vae": dict(c.vae.config),
+               "text_encoder": c.text_encoder.config.to_dict(), "scheduler": dict(c.scheduler_config)}
+    return write_single_file(path, kind=c.kind, unet_state=c.unet.state_dict(), vae_state=c.vae.state_dict(),
+                             text_state=c.text_encoder.state_dict(), dtype=dtype, configs=configs)
+
+
 def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
     """Write a folder that both we and diffusers' StableDiffusionPipeline load; atomic via a temp folder."""
     import diffusers

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..checkpoints import Components, file_hash, load_components, save_diffusers_folder
+from ..checkpoints import Components, file_hash, load_components, save_diffusers_folder, save_single_file
 from ..errors import LatentDiffError
 from ..models.attention import set_attention_backend
 from ..models.text import encode_prompts
@@ -62,6 +62,10 @@ class LatentDiffusionPipeline:
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a diffusers folder (loadable by diffusers' StableDiffusionPipeline too)."""
         return save_diffusers_folder(self.components, path)
+
+    def save_single_file(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write one A1111/CompVis-layout `.safetensors` checkpoint."""
+        return save_single_file(self.components, path, dtype)
 
     def to(self, device=None, dtype=None) -> "LatentDiffusionPipeline":
         self.device = parse_device(device) if device is not None else self.device

@@ -1,0 +1,127 @@
+"""The `latentdiff` command end to end on tiny models: PNGs with parameters, replay, and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentdiff.cli import main
+from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+
+ARGS = ["--steps", "3", "--seed", "11", "--dtype", "fp32", "--guidance", "5"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(np.int16)
+
+
+def test_folder_and_single_file_draw_the_same_image_through_cli_and_api(capsys, tmp_path, tiny_folder, tiny_single_file):
+    a, b = tmp_path / "folder.png", tmp_path / "file.png"
+    assert run(capsys, "generate", "a cat in a spacesuit", "--model", tiny_folder, "--out", a, *ARGS)[0] == 0
+    assert run(capsys, "generate", "a cat in a spacesuit", "--model", tiny_single_file, "--out", b, *ARGS)[0] == 0
+    api = LatentDiffusionPipeline.from_pretrained(tiny_single_file, dtype="fp32")
+    c = api("a cat in a spacesuit", num_inference_steps=3, seed=11, guidance_scale=5, progress=False).images[0]
+    assert np.array_equal(pixels(a), pixels(b))
+    assert np.array_equal(pixels(a), np.asarray(c).astype(np.int16))
+    assert pixels(a).std() > 5
+
+
+def test_png_carries_parameters_and_replays(capsys, tmp_path, tiny_folder):
+    out = tmp_path / "cat.png"
+    code, stdout, _ = run(capsys, "generate", "a cat", "--negative", "dog", "--model", tiny_folder, "--out", out,
+                          "--sampler", "euler_a", "--width", "48", "--height", "64", *ARGS)
+    assert code == 0 and "cat.png" in stdout
+    with Image.open(out) as im:
+        text = im.info["parameters"]
+        meta = json.loads(im.info["latentdiff"])
+        assert im.size == (48, 64)
+    assert text.splitlines() == ["a cat", "Negative prompt: dog",
+                                 "Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 48x64, Model: tiny-sd1"]
+    assert meta["sampler"] == "euler_a" and meta["seed"] == 11 and meta["model"] == str(tiny_folder)
+    again = tmp_path / "again.png"
+    assert run(capsys, "generate", "--replay", out, "--out", again, "--dtype", "fp32")[0] == 0
+    assert np.array_equal(pixels(out), pixels(again))
+    assert read_png_params(again).prompt == "a cat"
+
+
+def test_numbered_outputs_and_several_images(capsys, tmp_path, tiny_folder, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "00004.png").write_bytes(b"")
+    assert run(capsys, "generate", "", "--model", tiny_folder, "--num", "2", *ARGS)[0] == 0  # empty prompt: unconditional
+    assert (tmp_path / "00005.png").is_file() and (tmp_path / "00006.png").is_file()
+    assert read_png_params(tmp_path / "00006.png").seed == 12
+
+
+def test_info(capsys, tiny_single_file):
+    code, out, _ = run(capsys, "info", tiny_single_file)
+    assert code == 0
+    assert "layout           SD1" in out and "prediction type  epsilon" in out and "channels [32, 64]" in out
+
+
+def truncated(tmp_path, tiny_single_file):
+    data = tiny_single_file.read_bytes()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    return bad
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such model path"),
+    ("not_a_model", "is not a model folder (no model_index.json)"),
+    ("truncated", "is not a valid safetensors file"),
+    ("unknown_arch", "Stable Diffusion U-Net (model.diffusion_model.*) among 1 tensors; top-level names: foo"),
+    ("pickle", "--allow-pickle"),
+    ("width", "width must be a positive multiple of 8, got 100"),
+    ("height", "height must be a positive multiple of 8, got -8"),
+    ("steps", "steps must be a positive integer, got 0"),
+    ("sampler", "unknown sampler 'warp9'"),
+    ("unwritable", "output folder does not exist"),
+    ("not_png", "output file must end in .png"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, tiny_folder, tiny_single_file, case, message):
+    model, extra = tiny_folder, []
+    if case == "missing":
+        model = tmp_path / "nope"
+    elif case == "not_a_model":
+        model = tmp_path / "empty"
+        model.mkdir()
+    elif case == "truncated":
+        model = truncated(tmp_path, tiny_single_file)
+    elif case == "unknown_arch":
+        model = tmp_path / "other.safetensors"
+        from safetensors.torch import save_file
+        save_file({"foo.weight": torch.zeros(2)}, str(model))
+    elif case == "pickle":
+        model = tmp_path / "model.ckpt"
+        torch.save({"state_dict": {}}, model)
+    elif case == "width":
+        extra = ["--width", "100"]
+    elif case == "height":
+        extra = ["--height", "-8"]
+    elif case == "steps":
+        extra = ["--steps", "0"]
+    elif case == "sampler":
+        extra = ["--sampler", "warp9"]
+    out = tmp_path / "out" / "x.png" if case == "unwritable" else tmp_path / ("x.jpg" if case == "not_png" else "x.png")
+    code, stdout, err = run(capsys, "generate", "a cat", "--model", model, "--out", out, *ARGS, *extra)
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert not out.exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_unknown_architecture_message_names_what_was_found(capsys, tmp_path):
+    from safetensors.torch import save_file
+    model = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.0.weight": torch.zeros(2), "model.diffusion_model.x": torch.zeros(1)}, str(model))
+    code, _, err = run(capsys, "info", model)
+    assert code == 2 and "SDXL" in err
