@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
+from .variants import attention_kind, make_attention, make_downsampler, make_upsampler
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0) -> torch.Tensor:
@@ -171,20 +172,22 @@ class _Checkpointed(nn.Module):
 class DownBlock(_Checkpointed):
     """One encoder level: ResNet blocks (each optionally followed by a transformer), then an optional downsample."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, *, layers: int, attention: bool, heads: int,
-                 context_dim: int, depth: int, groups: int, eps: float, linear_proj: bool, downsample: bool):
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, *, layers: int, attention: bool | str, heads: int,
+                 context_dim: int, depth: int, groups: int, eps: float, linear_proj: bool, downsample: bool,
+                 down_kind: str = "conv"):
         super().__init__()
         self.resnets = nn.ModuleList(
             ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_dim, groups=groups, eps=eps) for i in range(layers)
         )
-        if attention:
+        kind = attention_kind(attention)  # True/"full": SD's Transformer2D; "linear"; False/"none"
+        if kind != "none":
             self.attentions = nn.ModuleList(
-                Transformer2D(out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
+                make_attention(kind, out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
                 for _ in range(layers)
             )
         else:
             self.attentions = None
-        self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
+        self.downsamplers = nn.ModuleList([make_downsampler(down_kind, out_ch)]) if downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
@@ -218,27 +221,31 @@ class MidBlock(_Checkpointed):
 class UpBlock(_Checkpointed):
     """One decoder level: each ResNet block takes the concatenated skip; then an optional upsample."""
 
-    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, temb_dim: int, *, layers: int, attention: bool, heads: int,
-                 context_dim: int, depth: int, groups: int, eps: float, linear_proj: bool, upsample: bool):
+    def __init__(self, in_ch: int, prev_ch: int, out_ch: int, temb_dim: int, *, layers: int, attention: bool | str, heads: int,
+                 context_dim: int, depth: int, groups: int, eps: float, linear_proj: bool, upsample: bool,
+                 up_kind: str = "nearest_conv", skip: bool = True):
         super().__init__()
+        self.skip = skip  # False: the skip-connection ablation, ResNets see only the decoder path
         self.resnets = nn.ModuleList()
         for i in range(layers):
-            skip_ch = in_ch if i == layers - 1 else out_ch
+            skip_ch = (in_ch if i == layers - 1 else out_ch) if skip else 0
             res_in = prev_ch if i == 0 else out_ch
             self.resnets.append(ResnetBlock2D(res_in + skip_ch, out_ch, temb_dim, groups=groups, eps=eps))
-        if attention:
+        kind = attention_kind(attention)
+        if kind != "none":
             self.attentions = nn.ModuleList(
-                Transformer2D(out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
+                make_attention(kind, out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
                 for _ in range(layers)
             )
         else:
             self.attentions = None
-        self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
+        self.upsamplers = nn.ModuleList([make_upsampler(up_kind, out_ch)]) if upsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, context: torch.Tensor,
                 upsample_size: tuple[int, int] | None = None) -> torch.Tensor:
         for i, resnet in enumerate(self.resnets):
-            x = torch.cat([x, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
+            if self.skip:
+                x = torch.cat([x, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
             x = self._run(resnet, x, temb)
             if self.attentions is not None:
                 x = self._run(self.attentions[i], x, context)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import LatentDiffError
 from .blocks import DownBlock, MidBlock, TimestepEmbedding, UpBlock, timestep_embedding
+from .variants import DOWNSAMPLERS, UPSAMPLERS, attention_kind
 
 # diffusers block type names we understand, and what they mean for us.
 _DOWN_TYPES = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
@@ -42,11 +43,27 @@ class UNetConfig:
     freq_shift: float = 0.0
     upcast_attention: bool = False                          # kept for round-tripping SD2 configs; SDPA ignores it
     sample_size: int = 64                                   # latent side the model was trained at
+    # Architecture-lab variants (docs/ARCHITECTURES.md). The defaults are SD's; only they have a diffusers equivalent.
+    downsample: str = "conv"                                # conv (SD) | avgpool | maxpool | blurpool | unshuffle
+    upsample: str = "nearest_conv"                          # nearest_conv (SD) | bilinear_conv | transposed | shuffle
+    attention_types: tuple[str, ...] | None = None          # per level none | linear | full; overrides attention_levels
+    self_condition: bool = False                            # x_self_cond input (Chen et al. 2022, https://arxiv.org/abs/2208.04202)
+    skip_connections: bool = True                           # False: the no-skip ablation (the decoder sees no encoder features)
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
-        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         n = len(self.block_out_channels)
+        if self.attention_types is not None:
+            kinds = tuple(attention_kind(a) for a in self.attention_types)
+            if len(kinds) != n:
+                raise LatentDiffError(f"attention_types has {len(kinds)} entries for {n} levels")
+            self.attention_levels = tuple(k != "none" for k in kinds)
+            self.attention_types = kinds if "linear" in kinds else None  # canonical: kept only where a bool cannot say it
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        if self.downsample not in DOWNSAMPLERS:
+            raise LatentDiffError(f"unknown downsample {self.downsample!r}; choose one of {', '.join(DOWNSAMPLERS)}")
+        if self.upsample not in UPSAMPLERS:
+            raise LatentDiffError(f"unknown upsample {self.upsample!r}; choose one of {', '.join(UPSAMPLERS)}")
         if len(self.attention_levels) != n:
             raise LatentDiffError(f"attention_levels has {len(self.attention_levels)} entries for {n} levels")
         heads = (self.num_heads,) * n if isinstance(self.num_heads, int) else tuple(self.num_heads)
@@ -57,13 +74,38 @@ class UNetConfig:
             if ch % h or ch % self.norm_num_groups:
                 raise LatentDiffError(f"width {ch} is not divisible by {h} heads and {self.norm_num_groups} groups")
 
+    @property
+    def level_attention(self) -> tuple[str, ...]:
+        """Attention kind per down level: 'none', 'linear' or 'full' (SD's self + cross-attention transformer)."""
+        return self.attention_types or tuple("full" if a else "none" for a in self.attention_levels)
+
+    def variant_settings(self) -> list[str]:
+        """The settings that leave the SD family (empty when diffusers' UNet2DConditionModel can express this network)."""
+        sd = UNetConfig.__dataclass_fields__
+        out = [f"{k}={getattr(self, k)!r}" for k in ("downsample", "upsample", "self_condition", "skip_connections")
+               if getattr(self, k) != sd[k].default]
+        return out + ([f"attention_types={list(self.attention_types)!r}"] if self.attention_types else [])
+
+    @classmethod
+    def from_dims(cls, dim: int = 64, dim_mults: tuple[int, ...] = (1, 2, 4, 8), **kwargs) -> "UNetConfig":
+        """lucidrains-style widths: level i has dim·dim_mults[i] channels; unless given, linear attention, full at the last level."""
+        mults = tuple(dim_mults)
+        if "attention_levels" not in kwargs and "attention_types" not in kwargs:
+            kwargs["attention_types"] = ("linear",) * (len(mults) - 1) + ("full",)
+        return cls(block_out_channels=tuple(dim * m for m in mults), **kwargs)
+
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        """Build from our own keys, failing with one line on an unknown key."""
-        known = {f.name for f in fields(cls)}
+        """Build from our own keys (or `dim`/`dim_mults` for the widths), failing with one line on an unknown key."""
+        known = {f.name for f in fields(cls)} | {"dim", "dim_mults"}
         for key in d:
             if key not in known:
                 raise LatentDiffError(f"unknown U-Net config key {key!r}")
+        if "dim" in d or "dim_mults" in d:
+            if "block_out_channels" in d:
+                raise LatentDiffError("give either block_out_channels or dim/dim_mults, not both")
+            rest = {k: v for k, v in d.items() if k not in ("dim", "dim_mults")}
+            return cls.from_dims(d.get("dim", 64), d.get("dim_mults", (1, 2, 4, 8)), **rest)
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -101,7 +143,9 @@ class UNetConfig:
         )
 
     def to_diffusers(self) -> dict:
-        """A diffusers `UNet2DConditionModel` config dict describing the same network."""
+        """A diffusers `UNet2DConditionModel` config dict describing the same network (SD layouts only)."""
+        if extra := self.variant_settings():
+            raise LatentDiffError(f"diffusers' UNet2DConditionModel cannot express this U-Net variant ({', '.join(extra)})")
         return {
             "_class_name": "UNet2DConditionModel",
             "in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -125,7 +169,7 @@ class UNet(nn.Module):
         ch0, temb_dim = c.block_out_channels[0], c.block_out_channels[0] * 4
         common = dict(context_dim=c.cross_attention_dim, depth=c.transformer_depth, groups=c.norm_num_groups,
                       eps=c.norm_eps, linear_proj=c.use_linear_projection)
-        self.conv_in = nn.Conv2d(c.in_channels, ch0, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.in_channels + (c.out_channels if c.self_condition else 0), ch0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch0, temb_dim)
 
         n = len(c.block_out_channels)
@@ -133,17 +177,18 @@ class UNet(nn.Module):
         out_ch = ch0
         for i in range(n):
             in_ch, out_ch = out_ch, c.block_out_channels[i]
-            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.attention_levels[i],
-                                              heads=c.num_heads[i], downsample=i < n - 1, **common))
+            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.level_attention[i],
+                                              heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample, **common))
         self.mid_block = MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], **common)
 
-        rev_ch, rev_attn, rev_heads = c.block_out_channels[::-1], c.attention_levels[::-1], c.num_heads[::-1]
+        rev_ch, rev_attn, rev_heads = c.block_out_channels[::-1], c.level_attention[::-1], c.num_heads[::-1]
         self.up_blocks = nn.ModuleList()
         out_ch = rev_ch[0]
         for i in range(n):
             prev_ch, out_ch, in_ch = out_ch, rev_ch[i], rev_ch[min(i + 1, n - 1)]
             self.up_blocks.append(UpBlock(in_ch, prev_ch, out_ch, temb_dim, layers=c.layers_per_block + 1, attention=rev_attn[i],
-                                          heads=rev_heads[i], upsample=i < n - 1, **common))
+                                          heads=rev_heads[i], upsample=i < n - 1, up_kind=c.upsample,
+                                          skip=c.skip_connections, **common))
 
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, ch0, eps=c.norm_eps)
         self.conv_out = nn.Conv2d(ch0, c.out_channels, 3, padding=1)
@@ -161,8 +206,12 @@ class UNet(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.gradient_checkpointing = on
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """sample (B, C_in, h, w), timestep scalar or (B,), encoder_hidden_states (B, T, D) → (B, C_out, h, w)."""
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
+                x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """sample (B, C_in, h, w), timestep scalar or (B,), encoder_hidden_states (B, T, D) → (B, C_out, h, w).
+
+        With `self_condition`, x_self_cond (B, C_out, h, w) is the previous x0 estimate (zeros when None).
+        """
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device)
         t = t.reshape(1).expand(b) if t.ndim == 0 else t.expand(b)
@@ -171,16 +220,27 @@ class UNet(nn.Module):
         temb = self.time_embedding(temb)  # (B, 4·ch0)
         context = encoder_hidden_states
 
+        if self.config.self_condition:
+            if x_self_cond is None:
+                x_self_cond = sample.new_zeros(b, self.config.out_channels, *sample.shape[-2:])
+            sample = torch.cat([sample, x_self_cond.to(sample.dtype)], dim=1)  # (B, C_in + C_out, h, w)
+        keep = self.config.skip_connections
+
         x = self.conv_in(sample)  # (B, ch0, h, w)
-        skips = [x]
+        skips, sizes = [x] if keep else [], [tuple(x.shape[-2:])]
         for block in self.down_blocks:
             x, block_skips = block(x, temb, context)
-            skips.extend(block_skips)
+            sizes.extend(tuple(s.shape[-2:]) for s in block_skips)
+            if keep:
+                skips.extend(block_skips)
         x = self.mid_block(x, temb, context)
         for i, block in enumerate(self.up_blocks):
-            level_skips = skips[-len(block.resnets):]
-            del skips[-len(block.resnets):]
-            size = tuple(skips[-1].shape[-2:]) if skips else None  # upsample to the next skip's size (odd sides)
+            n_skip = len(block.resnets)
+            level_skips = skips[-n_skip:] if keep else []
+            if keep:
+                del skips[-n_skip:]
+            del sizes[-n_skip:]
+            size = sizes[-1] if sizes else None  # upsample to the next skip's size (odd sides)
             x = block(x, level_skips, temb, context, upsample_size=size)
         x = self.conv_out(F.silu(self.conv_norm_out(x)))
         return x
