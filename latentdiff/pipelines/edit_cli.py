@@ -1,0 +1,111 @@
+"""The `img2img` and `inpaint` subcommands: parsers and runners, wired in by latentdiff.cli's EXTRA_COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+
+def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add `img2img` and `inpaint` to the main parser's subparsers."""
+    from ..cli import add_model_args, add_sampling_args
+
+    i = subparsers.add_parser("img2img", help="redraw an image under a prompt",
+                              description="Encode IMAGE with the VAE, noise it to --strength, denoise it under PROMPT.")
+    i.add_argument("prompt", help='the prompt ("" for unconditional)')
+    i.add_argument("--image", required=True, metavar="PNG", help="input picture (sides are rounded to multiples of 8)")
+    i.add_argument("--strength", type=float, default=0.75,
+                   help="share of the schedule re-run, in (0, 1]: low keeps the input, 1 redraws (default 0.75)")
+    add_model_args(i)
+    add_sampling_args(i)
+    i.set_defaults(func=cmd_img2img)
+
+    p = subparsers.add_parser("inpaint", help="repaint the white part of a mask",
+                              description="Repaint where MASK is white, keep where it is black; works with 9-channel "
+                                          "inpainting models and, by latent blending, with ordinary ones.")
+    p.add_argument("prompt", help='the prompt ("" for unconditional)')
+    p.add_argument("--image", required=True, metavar="PNG", help="input picture (sides are rounded to multiples of 8)")
+    p.add_argument("--mask", required=True, metavar="PNG", help="mask of the image's size: white repaints, black keeps")
+    p.add_argument("--mask-threshold", type=float, default=0.5,
+                   help="gray/255 at or above which a mask pixel repaints (default 0.5, i.e. 128 and up)")
+    p.add_argument("--mask-blur", type=float, default=0.0, metavar="PX",
+                   help="feather the paste-back edge with a Gaussian of this σ in pixels (default 0)")
+    p.add_argument("--no-overlay", dest="overlay", action="store_false",
+                   help="do not paste the input back outside the mask (gives diffusers' output)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="share of the schedule re-run, in (0, 1] (default 1: the masked region starts from noise)")
+    add_model_args(p)
+    add_sampling_args(p)
+    p.set_defaults(func=cmd_inpaint)
+
+
+def _sampling(args) -> SimpleNamespace:
+    """The sampling settings with their defaults, checked before any model loads."""
+    from ..cli import check_request
+
+    s = SimpleNamespace(steps=25 if args.steps is None else args.steps, sampler=args.sampler or "dpmpp_2m",
+                        guidance=7.5 if args.guidance is None else args.guidance, width=args.width, height=args.height)
+    check_request(s, args.num)
+    return s
+
+
+def _load_pipeline(args):
+    from ..cli import resolve_model
+    from .text_to_image import LatentDiffusionPipeline
+
+    pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
+                                                   attention=args.attention, allow_pickle=args.allow_pickle,
+                                                   prediction_type=args.prediction_type)
+    if args.model in (None, "default"):
+        pipe.model_name = "default"
+    for path, weight in args.lora:
+        pipe.load_lora(path, weight=weight)
+    return pipe
+
+
+def _save(out, paths) -> int:
+    from .params import save_png
+
+    for image, params, path in zip(out.images, out.params, paths):
+        save_png(image, params, path)
+        print(f"{path}  seed {params.seed}")
+    return 0
+
+
+def cmd_img2img(args) -> int:
+    from ..cli import output_paths
+    from .image_to_image import check_strength
+    from .images import load_image
+
+    s = _sampling(args)
+    strength = check_strength(args.strength)
+    init = load_image(args.image, args.width, args.height)
+    paths = output_paths(args.out, args.num)
+    pipe = _load_pipeline(args)
+    out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
+                       guidance_scale=s.guidance, sampler=s.sampler, seed=args.seed, num_images=args.num,
+                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip)
+    return _save(out, paths)
+
+
+def cmd_inpaint(args) -> int:
+    from ..cli import output_paths
+    from ..errors import LatentDiffError
+    from .image_to_image import check_strength
+    from .images import load_image, load_mask
+
+    s = _sampling(args)
+    strength = check_strength(args.strength)
+    if args.mask_blur < 0:
+        raise LatentDiffError(f"--mask-blur must be ≥ 0 pixels, got {args.mask_blur:g}")
+    if args.mask_blur and not args.overlay:
+        raise LatentDiffError("--mask-blur feathers the paste-back of the input; it has no effect with --no-overlay")
+    init = load_image(args.image, args.width, args.height)
+    mask = load_mask(args.mask, init, args.mask_threshold)
+    paths = output_paths(args.out, args.num)
+    pipe = _load_pipeline(args)
+    out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
+                       overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
+                       sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,
+                       clip_skip=args.clip_skip)
+    return _save(out, paths)

@@ -1,0 +1,338 @@
+"""Profile denoiser architectures: parameters, counted FLOPs, latency and peak memory, as Markdown, JSON and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import LatentDiffError
+from .models.dit import DiT, DiTConfig
+from .models.unet import UNet, UNetConfig
+
+ArchConfig = UNetConfig | DiTConfig
+
+
+@dataclass
+class ProfileSettings:
+    """What one profile run measures, and how."""
+
+    batch: int = 1                  # samples per forward
+    size: int | None = None         # latent side; None: each config's sample_size
+    tokens: int = 77                # text tokens attended to
+    warmup: int = 2                 # untimed forwards before timing
+    repeats: int = 5                # timed forwards; the median is reported
+    device: str = "cpu"             # cpu | cuda | auto (cuda when present); FLOPs are counted on the meta device either way
+    dtype: str = "fp32"             # fp32 | bf16 | fp16 for the timed forwards
+    latency: bool = True            # False: parameters and FLOPs only (no weights are materialised)
+    seed: int = 0                   # weights and inputs
+
+
+@dataclass
+class ProfileRow:
+    """One architecture's measurements for one input shape."""
+
+    name: str
+    arch: str                                   # "unet" | "dit"
+    params: int
+    flops: int                                  # per forward of the whole batch, 2 per multiply-add, counted
+    batch: int
+    latent: list[int]                           # [h, w]
+    tokens: int
+    description: str = ""
+    device: str | None = None                   # where latency/memory were measured
+    dtype: str | None = None
+    latency_ms: float | None = None             # median over repeats
+    latency_min_ms: float | None = None
+    peak_activation_mb: float | None = None     # CPU: live tensors made during one forward (dispatch-level count)
+    gpu_peak_mb: float | None = None            # CUDA: max_memory_allocated above the weights and inputs
+    config: dict = field(default_factory=dict)
+
+
+def load_arch_config(path: str | os.PathLike) -> tuple[str, ArchConfig, str]:
+    """Read a YAML architecture: `unet:` (our keys, or a diffusers config with `_class_name`) or `dit:`; → (name, config, description)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentDiffError(f"no such config file: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LatentDiffError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or ("unet" in doc) == ("dit" in doc):
+        raise LatentDiffError(f"{path} must have exactly one of the sections 'unet:' or 'dit:'")
+    name, description = str(doc.get("name", path.stem)), str(doc.get("description", "")).strip()
+    if "dit" in doc:
+        return name, DiTConfig.from_dict(dict(doc["dit"] or {})), description
+    section = dict(doc["unet"] or {})
+    if "_class_name" in section:
+        return name, UNetConfig.from_diffusers(section), description
+    return name, UNetConfig.from_dict(section), description
+
+
+def build_model(config: ArchConfig) -> nn.Module:
+    """The denoiser a config describes: our `UNet` or `DiT`."""
+    return DiT(config) if isinstance(config, DiTConfig) else UNet(config)
+
+
+def example_inputs(config: ArchConfig, batch: int, size: int, tokens: int, *, device="cpu", dtype=torch.float32,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noisy latents (B, C, s, s), timesteps (B,), text (B, T, D) as the model would see them."""
+    kw = dict(device=device, dtype=dtype)
+    if str(device) == "meta":
+        return (torch.empty(batch, config.in_channels, size, size, **kw), torch.zeros(batch, device=device, dtype=torch.long),
+                torch.empty(batch, tokens, config.cross_attention_dim, **kw))
+    x = torch.randn(batch, config.in_channels, size, size, generator=generator).to(**kw)
+    t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
+    ctx = torch.randn(batch, tokens, config.cross_attention_dim, generator=generator).to(**kw)
+    return x, t, ctx
+
+
+def count_flops(config: ArchConfig, batch: int = 1, size: int | None = None, tokens: int = 77) -> tuple[int, int]:
+    """(FLOPs of one forward, parameters), counted by FlopCounterMode on the meta device.
+
+    On the meta device SDPA decomposes into the two batched matmuls the counter sees; on CPU its fused kernel is missed.
+    Matmuls and convolutions only (2 FLOPs per multiply-add); norms, activations, softmax and pooling are not counted.
+    """
+    size = size or config.sample_size
+    with torch.device("meta"):
+        model = build_model(config)
+        inputs = example_inputs(config, batch, size, tokens, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops(), sum(p.numel() for p in model.parameters())
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """Peak bytes of tensor storages created by ops while active and still alive (allocator-independent; kernel scratch unseen)."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._ref = StorageWeakRef
+        self.live: dict = {}
+        self.current = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for ref in [r for r in self.live if r.expired()]:  # storages freed since the last op
+            self.current -= self.live.pop(ref)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                ref = self._ref(storage)
+                if ref not in self.live:
+                    self.live[ref] = storage.nbytes()
+                    self.current += self.live[ref]
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LatentDiffError(f"device {name!r} asked for, but CUDA is not available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise LatentDiffError(f"unsupported profiling device {name!r}; use cpu, cuda or auto")
+    return dev
+
+
+def measure(model: nn.Module, inputs: tuple, *, warmup: int, repeats: int) -> dict:
+    """Median and minimum latency of `model(*inputs)` after warm-up, and its peak memory, on the inputs' device."""
+    dev = inputs[0].device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out: dict = {}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(*inputs)
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(*inputs)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+        out["latency_ms"], out["latency_min_ms"] = statistics.median(times), min(times)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            model(*inputs)
+            sync()
+            out["gpu_peak_mb"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+        else:
+            with LiveTensorPeak() as tracker:
+                model(*inputs)
+            out["peak_activation_mb"] = tracker.peak / 2**20
+    return out
+
+
+def profile_one(name: str, config: ArchConfig, settings: ProfileSettings, description: str = "") -> ProfileRow:
+    """Count, then (unless settings.latency is off) time and measure one architecture."""
+    s = settings
+    if s.batch < 1 or s.tokens < 1 or s.repeats < 1 or s.warmup < 0:
+        raise LatentDiffError("batch, tokens and repeats must be positive and warmup non-negative")
+    if s.dtype not in _DTYPES:
+        raise LatentDiffError(f"unknown dtype {s.dtype!r}; choose one of {', '.join(_DTYPES)}")
+    size = s.size or config.sample_size
+    flops, params = count_flops(config, s.batch, size, s.tokens)
+    row = ProfileRow(name=name, arch="dit" if isinstance(config, DiTConfig) else "unet", params=params, flops=flops,
+                     batch=s.batch, latent=[size, size], tokens=s.tokens, description=description, config=config.to_dict())
+    if not s.latency:
+        return row
+    dev, dtype = _device(s.device), _DTYPES[s.dtype]
+    torch.manual_seed(s.seed)
+    model = build_model(config).eval().to(dev, dtype)
+    gen = torch.Generator().manual_seed(s.seed)
+    inputs = example_inputs(config, s.batch, size, s.tokens, device=dev, dtype=dtype, generator=gen)
+    for key, value in measure(model, inputs, warmup=s.warmup, repeats=s.repeats).items():
+        setattr(row, key, value)
+    row.device, row.dtype = str(dev), s.dtype
+    return row
+
+
+def machine_info() -> dict:
+    """Where the numbers were taken."""
+    info = {"platform": platform.platform(), "processor": _cpu_name(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": None,
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}  # >cores: shared machine, noisy
+    if torch.cuda.is_available():
+        info["cuda"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def to_markdown(rows: list[ProfileRow]) -> str:
+    """One table for all rows: what each column means is in the header."""
+    gpu = any(r.gpu_peak_mb is not None for r in rows)
+    head = ["config", "arch", "params (M)", "GFLOP/fwd", "latent", "batch", "latency ms (median)", "min ms"]
+    head += ["GPU peak MiB" if gpu else "peak act. MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, r.arch, f"{r.params / 1e6:.2f}", f"{r.flops / 1e9:.3f}", "×".join(map(str, r.latent)), str(r.batch),
+                 _fmt(r.latency_ms, ".1f"), _fmt(r.latency_min_ms, ".1f")]
+        cells += [_fmt(r.gpu_peak_mb if gpu else r.peak_activation_mb, ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file via a temp file and os.replace: never half-written."""
+    from .training.checkpointing import atomic_write
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(rows: list[ProfileRow], settings: ProfileSettings, path: str | os.PathLike) -> Path:
+    """Raw results with the settings and machine they came from."""
+    doc = {"settings": asdict(settings), "machine": machine_info(), "rows": [asdict(r) for r in rows]}
+    return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+# ---- charts, drawn with PIL (matplotlib is not a dependency) --------------------------------------------------------
+
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+           (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+    if log:
+        return [10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)]
+    step = 10 ** math.floor(math.log10((hi - lo) or abs(hi) or 1.0))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= 6:
+            step *= m
+            break
+    start = math.floor(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 2)]
+
+
+def draw_chart(series: list[dict], path: str | os.PathLike, *, title: str, xlabel: str, ylabel: str,
+               log_x: bool = False, log_y: bool = False, size: tuple[int, int] = (900, 600)) -> Path:
+    """Draw lines or labelled points to a PNG atomically. series: [{"label", "x": [...], "y": [...], "points": bool}]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    xs = [x for s in series for x in s["x"]]
+    ys = [y for s in series for y in s["y"]]
+    if not xs:
+        raise LatentDiffError("nothing to chart")
+    tx = lambda v: math.log10(v) if log_x else v  # noqa: E731
+    ty = lambda v: math.log10(v) if log_y else v  # noqa: E731
+    xt, yt = _ticks(min(xs), max(xs), log_x), _ticks(min(ys), max(ys), log_y)
+    x0, x1 = tx(min(min(xs), xt[0])), tx(max(max(xs), xt[-1]))
+    y0, y1 = ty(min(min(ys), yt[0])), ty(max(max(ys), yt[-1]))
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    w, h = size
+    left, right, top, bottom = 90, 30, 50, 70
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
+    px = lambda v: left + (tx(v) - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
+    py = lambda v: h - bottom - (ty(v) - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
+    for v in xt:
+        if x0 <= tx(v) <= x1:
+            d.line([(px(v), top), (px(v), h - bottom)], fill=(230, 230, 230))
+            d.text((px(v), h - bottom + 6), f"{v:g}", fill="black", font=small, anchor="mt")
+    for v in yt:
+        if y0 <= ty(v) <= y1:
+            d.line([(left, py(v)), (w - right, py(v))], fill=(230, 230, 230))
+            d.text((left - 6, py(v)), f"{v:g}", fill="black", font=small, anchor="rm")
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    d.text((w / 2, 15), title, fill="black", font=font, anchor="mt")
+    d.text((w / 2, h - 25), xlabel + (" (log)" if log_x else ""), fill="black", font=font, anchor="mm")
+    d.text((15, top - 25), ylabel + (" (log)" if log_y else ""), fill="black", font=font, anchor="lm")
+    for i, s in enumerate(series):
+        color = tuple(s.get("color") or _COLORS[i % len(_COLORS)])
+        pts = [(px(x), py(y)) for x, y in zip(s["x"], s["y"])]
+        if s.get("points"):
+            for x, y in pts:
+                d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
+            d.text((pts[-1][0] + 8, pts[-1][1]), s["label"], fill=color, font=small, anchor="lm")
+        else:
+            d.line(pts, fill=color, width=2)
+            d.text((left + 10, top + 10 + 18 * i), s["label"], fill=color, font=small)
+    from .training.checkpointing import atomic_write
+
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def latency_chart(rows: list[ProfileRow], path: str | os.PathLike) -> Path:
+    """Latency (median ms) against counted GFLOPs, one labelled point per config."""
+    timed = [r for r in rows if r.latency_ms is not None]
+    if not timed:
+        raise LatentDiffError("no latencies to chart (profile was run without timing)")
+    series = [{"label": r.name, "x": [r.flops / 1e9], "y": [r.latency_ms], "points": True} for r in timed]
+    spread = lambda v: max(v) / max(min(v), 1e-12) > 30  # noqa: E731
+    dev = f"{timed[0].device}, {timed[0].dtype}, batch {timed[0].batch}"
+    return draw_chart(series, path, title=f"latency vs FLOPs ({dev})", xlabel="GFLOP per forward", ylabel="latency, ms (median)",
+                      log_x=spread([r.flops / 1e9 for r in timed]), log_y=spread([r.latency_ms for r in timed]))
