@@ -1,0 +1,139 @@
+"""LoRA files on disk: read any supported layout, write peft/diffusers or kohya/A1111, training facts in the header."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import safe_open
+
+from ..checkpoints import file_hash
+from ..errors import LatentDiffError
+from ..training.checkpointing import save_safetensors
+from .formats import LoraState, read_state, to_kohya, to_peft
+
+PEFT_FILE_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for in a folder
+FORMATS = ("peft", "kohya")
+_PREFIX = "latentdiff."
+
+
+@dataclass
+class LoraMetadata:
+    """Training facts kept as strings in the safetensors header; mirrored to kohya's `ss_*` keys for other tools."""
+
+    base_model: str = ""            # path or name of the model trained on
+    base_model_hash: str = ""       # sha256[:10] of its weights (A1111's "Model hash" for single files)
+    kind: str = ""                  # "sd1" or "sd2"
+    prediction_type: str = ""       # "epsilon" or "v_prediction"
+    rank: int = 0
+    alpha: float = 0.0
+    targets: str = ""               # comma-separated target names
+    steps: int = 0                  # optimizer steps trained
+    dataset_size: int = 0           # training images (without regularisation images)
+    resolution: int = 0
+    extra: dict = field(default_factory=dict)  # any other header entries, kept as read
+
+    def to_header(self) -> dict[str, str]:
+        """Our keys plus the kohya keys A1111 / kohya tools show (ss_network_dim, ss_network_alpha, ...)."""
+        header = {f"{_PREFIX}{f.name}": str(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        header.update({
+            "ss_network_module": "networks.lora", "ss_network_dim": str(self.rank), "ss_network_alpha": f"{self.alpha:g}",
+            "ss_base_model_version": "sd_v2" if self.kind == "sd2" else "sd_v1", "ss_v2": str(self.kind == "sd2"),
+            "ss_sd_model_name": Path(self.base_model).name if self.base_model else "", "ss_sd_model_hash": self.base_model_hash,
+            "ss_steps": str(self.steps), "ss_num_train_images": str(self.dataset_size), "ss_resolution": str(self.resolution),
+        })
+        return header
+
+    @classmethod
+    def from_header(cls, header: dict[str, str]) -> "LoraMetadata":
+        """Read ours, falling back on kohya's `ss_*` keys; other entries land in `extra`."""
+        meta = cls()
+        fallback = {"rank": "ss_network_dim", "alpha": "ss_network_alpha", "steps": "ss_steps", "dataset_size": "ss_num_train_images",
+                    "base_model_hash": "ss_sd_model_hash", "base_model": "ss_sd_model_name"}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = header.get(_PREFIX + f.name, header.get(fallback.get(f.name, ""), None))
+            if raw in (None, "", "None"):
+                continue
+            try:
+                setattr(meta, f.name, type(getattr(meta, f.name))(float(raw)) if f.type in ("int", "float") else raw)
+            except ValueError:
+                pass  # a foreign tool's odd value: keep the default
+        meta.extra = {k: v for k, v in header.items() if not k.startswith(_PREFIX)}
+        return meta
+
+
+@dataclass
+class LoraFile:
+    """A LoRA read from disk."""
+
+    state: LoraState              # module key → LoraModule (true alpha)
+    format: str                   # "peft", "kohya" or "diffusers_old"
+    metadata: LoraMetadata
+    path: str = ""
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A .safetensors file, or a folder holding diffusers' pytorch_lora_weights.safetensors."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / PEFT_FILE_NAME).is_file():
+            return p / PEFT_FILE_NAME
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            raise LatentDiffError(f"{p} holds {len(found)} .safetensors files; name the LoRA file itself")
+        return found[0]
+    if not p.is_file():
+        raise LatentDiffError(f"no such LoRA file: {p}")
+    if p.suffix.lower() != ".safetensors":
+        raise LatentDiffError(f"{p}: only .safetensors LoRA files are read (pickled .pt/.ckpt files can run code)")
+    return p
+
+
+def read_lora(path: str | os.PathLike, module_keys: Iterable[str] | None = None) -> LoraFile:
+    """Read a LoRA in any supported layout; kohya files need the model's module keys (see attach.component_modules)."""
+    p = resolve_path(path)
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own types for bad headers and short files
+        raise LatentDiffError(f"{p} is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
+    try:
+        state, fmt = read_state(tensors, header, module_keys)
+    except LatentDiffError as e:
+        raise LatentDiffError(f"{p.name}: {e}") from None
+    return LoraFile(state, fmt, LoraMetadata.from_header(header), str(p))
+
+
+def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft", metadata: LoraMetadata | None = None,
+              dtype: torch.dtype | None = None) -> Path:
+    """Write atomically as peft/diffusers (`unet.…lora_A.weight` + rank/alpha config) or kohya (`lora_unet_…` + true alpha)."""
+    if format not in FORMATS:
+        raise LatentDiffError(f"unknown LoRA format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not state:
+        raise LatentDiffError("refusing to write an empty LoRA")
+    if dtype is not None:
+        state = {k: type(m)(m.down.to(dtype), m.up.to(dtype), m.alpha, m.source_key) for k, m in state.items()}
+    header = {"format": "pt", **(metadata.to_header() if metadata else {})}
+    if format == "peft":
+        tensors, extra = to_peft(state)
+        header.update(extra)
+    else:
+        tensors = to_kohya(state)
+    return save_safetensors(tensors, path, metadata=header)
+
+
+def weights_hash(model_path: str | os.PathLike) -> str:
+    """sha256[:10] of a model's weights: the file itself, or a diffusers folder's U-Net weights file."""
+    p = Path(model_path)
+    if p.is_dir():
+        candidates = sorted((p / "unet").glob("diffusion_pytorch_model*.safetensors")) + sorted((p / "unet").glob("*.bin"))
+        if not candidates:
+            return ""
+        p = candidates[0]
+    return file_hash(p) if p.is_file() else ""
