@@ -160,3 +160,13 @@ def test_bad_settings_fail_with_one_line(tmp_path, capsys):
                             ({}, "no training data")]:
         with pytest.raises(LatentDiffError, match=message):
             load_config(None, values)
+
+
+def test_sketch_style_set_for_the_demo(data, tmp_path):
+    from latentdiff.training.style_demo import make_sketch_set
+
+    assert make_sketch_set(data, tmp_path / "sketch", count=3, progress=False) == 3
+    captions = sorted(p.read_text() for p in (tmp_path / "sketch").glob("*.txt"))
+    assert captions == ["a red square on blue, sketch style"] * 3
+    a = np.asarray(Image.open(tmp_path / "sketch" / "0000.png")).astype(int)
+    assert (a[..., 0] == a[..., 2]).all() and np.median(a) > 200  # gray lines on white paper

@@ -108,6 +108,8 @@ class LoraTrainConfig:
 
     def check(self) -> "LoraTrainConfig":
         """Validate values (one line naming the field), returning self."""
+        if not self.model:
+            raise LatentDiffError("no base model: set model (a diffusers folder, a .safetensors file or default) or pass --model")
         if not self.data:
             raise LatentDiffError("no training data: set data (an image folder) in the config or pass --data")
         choices = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
@@ -214,7 +216,8 @@ class LoraTrainResult:
 class LoraTrainer:
     """Holds the frozen model, the adapter, the data and the optimizer of one run; `run()` trains."""
 
-    def __init__(self, cfg: LoraTrainConfig, *, progress: bool = True):
+    def __init__(self, cfg: LoraTrainConfig, *, components=None, progress: bool = True):
+        """`components` (checkpoints.Components) trains an in-memory model instead of loading cfg.model."""
         from accelerate import Accelerator
 
         from ..runtime import cpu_has_native_bf16
@@ -230,29 +233,35 @@ class LoraTrainer:
         self.mixed_precision = mp
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
         self.out = Path(cfg.output_dir)
-        self._load_model()
+        self._load_model(components)
         self._load_data()
         self._add_adapter()
 
     # -- setup -------------------------------------------------------------------------------------------------------
-    def _load_model(self) -> None:
+    def _load_model(self, components) -> None:
         from ..cli import resolve_model
         from ..lora.io import weights_hash
         from ..pipelines.text_to_image import LatentDiffusionPipeline
 
         cfg = self.cfg
-        self.model_path = resolve_model(cfg.model)
         # Building the pipeline first moves and casts the frozen parts (VAE upcast to fp32 under fp16, as for sampling);
         # the adapter added afterwards stays in fp32. The same pipeline draws the validation images.
-        self.pipe = LatentDiffusionPipeline.from_pretrained(self.model_path, device=self.acc.device, dtype=self.weight_dtype,
-                                                            prediction_type=cfg.prediction_type or None)
+        if components is None:
+            self.model_path = resolve_model(cfg.model)
+            self.pipe = LatentDiffusionPipeline.from_pretrained(self.model_path, device=self.acc.device, dtype=self.weight_dtype,
+                                                                prediction_type=cfg.prediction_type or None)
+        else:
+            self.model_path = ""
+            if cfg.prediction_type:
+                components.scheduler_config["prediction_type"] = cfg.prediction_type
+            self.pipe = LatentDiffusionPipeline(components, device=self.acc.device, dtype=self.weight_dtype, model_name="memory")
         c = self.pipe.components
         for m in (c.unet, c.vae, c.text_encoder):
             m.requires_grad_(False).eval()
         self.unet, self.vae, self.text_encoder, self.tokenizer = c.unet, c.vae, c.text_encoder, c.tokenizer
         self.loss = DiffusionLoss(c.scheduler_config, LossConfig(prediction_type=c.prediction_type,
                                                                  min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset))
-        self.base_hash = weights_hash(self.model_path)
+        self.base_hash = weights_hash(self.model_path) if self.model_path else ""
         self.native = c.unet.config.sample_size * self.pipe.vae_scale_factor
 
     def _dataset(self, root: str) -> ImageCaptionDataset:
@@ -548,6 +557,23 @@ class LoraTrainer:
             paths.append(save_png(image, params, folder / f"step-{step:06d}-{i}.png"))
         return paths
 
+    def train_step(self, step: int) -> list[torch.Tensor]:
+        """One optimizer step (grad_accum micro-batches); returns the micro-batch losses (0-d tensors, not synced)."""
+        cfg, acc = self.cfg, self.acc
+        losses = []
+        for k in range(cfg.grad_accum):
+            sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(self.unet_ddp)
+            with sync:
+                loss = self._step_loss(step * cfg.grad_accum + k)
+                acc.backward(loss / cfg.grad_accum)
+            losses.append(loss.detach())
+        if cfg.max_grad_norm > 0:
+            acc.clip_grad_norm_(self.unet_params + self.text_params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
     # -- the loop --------------------------------------------------------------------------------------------------------
     def run(self, resume: str | None = None) -> LoraTrainResult:
         cfg, acc = self.cfg, self.acc
@@ -558,33 +584,22 @@ class LoraTrainer:
         if acc.is_main_process:
             write_json(self.out / "train_config.json", asdict(cfg))
         self._set_train(True)
-        params = self.unet_params + self.text_params
         bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train-lora", unit="step",
                    disable=not (self.progress and acc.is_main_process))
         images: list[Path] = []
         running = []
         for step in bar:
-            for k in range(cfg.grad_accum):
-                last = k == cfg.grad_accum - 1
-                sync = nullcontext() if last else acc.no_sync(self.unet_ddp)
-                with sync:
-                    loss = self._step_loss(step * cfg.grad_accum + k)
-                    acc.backward(loss / cfg.grad_accum)
-                running.append(float(loss))
-            if cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            running += self.train_step(step)
             done = step + 1
-            if not math.isfinite(running[-1]):
-                raise LatentDiffError(f"loss became {running[-1]} at step {done}; lower lr or use bf16/fp32")
+            if done % cfg.log_every == 0 or done == cfg.max_steps:  # syncs with the GPU only here
+                mean = float(torch.stack(running).float().mean())
+                running = []
+                if not math.isfinite(mean):
+                    raise LatentDiffError(f"loss became {mean} by step {done}; lower lr or use bf16/fp32")
             if logger and (done % cfg.log_every == 0 or done == cfg.max_steps):
-                mean = sum(running) / len(running)
                 logger.write(step=done, loss=f"{mean:.6f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.3e}",
                              seconds=f"{time.perf_counter() - t0:.1f}")
                 bar.set_postfix(loss=f"{mean:.4f}")
-                running = []
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
