@@ -14,6 +14,7 @@ from .errors import LatentDiffError
 # `func` (args → exit code) with set_defaults. Add a line here to add a command.
 EXTRA_COMMANDS = [
     ("latentdiff.training.emoji_cli", "add_data_parser"),
+    ("latentdiff.training.train_cli", "add_train_parser"),
     ("latentdiff.profile_cli", "add_profile_parser"),
     ("latentdiff.training.lora_cli", "add_train_lora_parser"),
 ]

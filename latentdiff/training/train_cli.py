@@ -1,0 +1,45 @@
+"""The `latentdiff train CONFIG.yaml` and `latentdiff eval` subcommands: parsers and runners, wired in by latentdiff.cli."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add `train` (from-scratch stages) and `eval` (the judge) to the main parser's subparsers."""
+    t = subparsers.add_parser("train", help="train a model from scratch from a YAML recipe (vae → unet → export)",
+                              description="Train the VAE, then the U-Net with its text encoder, then export a diffusers "
+                                          "folder (fp16). Runs under `accelerate launch` too.")
+    t.add_argument("config", help="YAML recipe, e.g. configs/default-model.yaml")
+    t.add_argument("--stage", default="all", choices=["vae", "unet", "export", "all"], help="which stage (default all)")
+    t.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    t.add_argument("--out", default=None, help="export folder (default OUTPUT_DIR/model)")
+    t.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="judge a model on held-out prompts: accuracy and Fréchet distance in the judge's features")
+    e.add_argument("data", help="dataset folder (output of `latentdiff data emoji`)")
+    e.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    e.add_argument("--judge", default=None, help="judge file (trained on real images; built and cached if absent)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default 25, as generate)")
+    e.add_argument("--sampler", default=None)
+    e.add_argument("--guidance", type=float, default=None)
+    e.add_argument("--per-prompt", type=int, default=2, help="images per held-out emoji")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    e.add_argument("--work", default="runs/eval", help="folder for the judge and the decoded real images (default runs/eval)")
+    e.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from latentdiff.training.train import run
+
+    out = run(args.config, stage=args.stage, resume=args.resume, out=args.out)
+    if out is not None:
+        print(f"model written to {out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from latentdiff.evaluation.evaluate import main_eval
+
+    return main_eval(args)
