@@ -66,15 +66,17 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(shapes, tmp_path_factory):
     """Both stages of the tiny recipe (8 steps each) and the export."""
-    from latentdiff.training.train import export, load_config, train_unet, train_vae
+    from latentdiff.training.train import export, load_config, train_decoder, train_unet, train_vae
 
     base = tmp_path_factory.mktemp("run")
     cfg = load_config(write_config(base / "tiny.yaml", shapes, base / "out", **{
-        "train_vae.max_steps": 8, "train_unet.max_steps": 8, "train_vae.sample_every": 8, "train_unet.sample_every": 8}))
+        "train_vae.max_steps": 8, "train_unet.max_steps": 8, "train_vae.sample_every": 8, "train_unet.sample_every": 8,
+        "train_decoder.max_steps": 4, "train_decoder.log_every": 2, "train_decoder.sample_every": 0}))
     vae_losses = train_vae(cfg, progress=False)
     unet_losses = train_unet(cfg, progress=False)
+    decoder_losses = train_decoder(cfg, progress=False)
     folder = export(cfg)
-    return {"cfg": cfg, "base": base, "vae": vae_losses, "unet": unet_losses, "folder": folder}
+    return {"cfg": cfg, "base": base, "vae": vae_losses, "unet": unet_losses, "decoder": decoder_losses, "folder": folder}
 
 
 def test_losses_fall(tiny_run):
@@ -82,6 +84,22 @@ def test_losses_fall(tiny_run):
     assert len(vae) == 4 and len(unet) == 4  # logged every 2 steps
     assert vae[-1] < 0.8 * vae[0], vae
     assert sum(unet[-2:]) / 2 < sum(unet[:2]) / 2, unet
+    assert len(tiny_run["decoder"]) == 2 and tiny_run["decoder"][0] < vae[0]  # starts from the trained decoder
+
+
+def test_decoder_stage_keeps_the_encoder(tiny_run):
+    """The decoder stage changes only the decoder; the export carries it with the vae stage's encoder."""
+    from safetensors.torch import load_file
+
+    from latentdiff.checkpoints import load_components
+
+    out = Path(tiny_run["cfg"].output_dir)
+    vae_stage, tuned = load_file(str(out / "vae/checkpoint/ema.safetensors")), load_file(str(out / "decoder/checkpoint/ema.safetensors"))
+    assert all(torch.equal(vae_stage[k], tuned[k]) for k in vae_stage if ".encoder." in k or ".quant_conv." in k and "post" not in k)
+    assert any(not torch.equal(vae_stage[k], tuned[k]) for k in vae_stage if ".decoder." in k)
+    exported = load_components(tiny_run["folder"]).vae.state_dict()
+    k = "decoder.conv_out.weight"
+    assert torch.equal(exported[k], tuned["vae." + k].half()) and torch.equal(exported["encoder.conv_in.weight"], vae_stage["vae.encoder.conv_in.weight"].half())
 
 
 def test_outputs_on_disk(tiny_run):

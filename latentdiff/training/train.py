@@ -1,11 +1,13 @@
 """Training from scratch: a small AutoencoderKL, then our U-Net jointly with a CLIP text encoder, then export.
 
-Stages (`latentdiff train CONFIG.yaml --stage vae|unet|export|all`), each resumable (`--resume`):
+Stages (`latentdiff train CONFIG.yaml --stage vae|unet|decoder|export|all`), each resumable (`--resume`):
 
 * ``vae``: AutoencoderKL on pixels; L1 + image-gradient L1 (a cheap sharpness term, no pretrained
   perceptual network exists offline) + a small KL (LDM's KL-f8 recipe, https://arxiv.org/abs/2112.10752).
 * ``unet``: the U-Net and the text encoder trained together on the frozen VAE's latents (LDM-style joint
   conditioning), ε-prediction on a DDPM scaled_linear schedule, EMA weights, 10% caption dropout for CFG.
+* ``decoder`` (optional, `train_decoder.max_steps` > 0): more decoder training on the cached posteriors with the
+  encoder frozen, so the latents the U-Net learned stay valid (independent of stage 2: may run beside it).
 * ``export``: the EMA weights as a diffusers folder in fp16 safetensors, loadable by `load_components`.
 
 The images are decoded once into an in-memory uint8 cache (small resolutions only), so a step costs the
@@ -110,6 +112,7 @@ class TrainConfig:
     unet: dict = field(default_factory=dict)               # UNetConfig keys; cross_attention_dim follows the text encoder
     train_vae: StageConfig = field(default_factory=StageConfig)
     train_unet: StageConfig = field(default_factory=StageConfig)
+    train_decoder: StageConfig = field(default_factory=lambda: StageConfig(max_steps=0))  # 0 = skip the decoder stage
     sample_prompts: list[str] = field(default_factory=lambda: ["a cat in a spacesuit", "grinning face", "red apple", "rocket"])
 
     def unet_config(self) -> UNetConfig:
@@ -136,7 +139,7 @@ def _build(cls, d: object, where: str):
         if key not in known:
             raise LatentDiffError(f"unknown config key {where + '.' if where else ''}{key}")
         sub = {"data": DataConfig, "vae": VAEConfig, "text_encoder": TextConfig, "train_vae": StageConfig,
-               "train_unet": StageConfig}.get(key) if cls is TrainConfig else None
+               "train_unet": StageConfig, "train_decoder": StageConfig}.get(key) if cls is TrainConfig else None
         kwargs[key] = _build(sub, value, key) if sub else value
     return cls(**kwargs)
 
@@ -426,8 +429,8 @@ def train_vae(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) 
     return loop.run(loss_fn, on_sample)
 
 
-def load_trained_vae(cfg: TrainConfig):
-    """The VAE stage's EMA weights, with the latent scaling factor set (1/std of training latents, as LDM)."""
+def load_trained_vae(cfg: TrainConfig, *, decoder: bool = True):
+    """The VAE stage's EMA weights (with the decoder stage's decoder when it ran and `decoder`), frozen."""
     from safetensors.torch import load_file
 
     folder = _ckpt_dir(cfg, "vae")
@@ -436,6 +439,10 @@ def load_trained_vae(cfg: TrainConfig):
     check_same_architecture(json.loads((folder / "arch.json").read_text()), json.loads(json.dumps(_vae_arch(cfg))), "VAE")
     vae = VAETrainee(build_vae(cfg.vae, cfg.data.resolution))
     vae.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    tuned = _ckpt_dir(cfg, "decoder") / "ema.safetensors"
+    if decoder and cfg.train_decoder.max_steps > 0 and tuned.is_file():
+        state = load_file(str(tuned))  # the encoder in it is the vae stage's, unchanged; take the decoder side only
+        vae.load_state_dict({k: v for k, v in state.items() if ".decoder." in k or ".post_quant_conv." in k}, strict=False)
     return vae.vae.eval().requires_grad_(False)
 
 
@@ -458,6 +465,57 @@ def encode_latents(cfg: TrainConfig, cache: PixelCache, vae, progress: bool = Tr
     scale = 1.0 / moments[:, :c].std().item()  # the mean's spread; the posterior noise is small next to it
     atomic_write(path, lambda tmp: torch.save({"stamp": stamp, "moments": moments, "scale": scale}, tmp))
     return moments, scale
+
+
+class DecoderTrainee(nn.Module):
+    """The VAE with its encoder frozen: (unscaled) latents → pixels, so the latent space the U-Net learns stays fixed."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        vae.requires_grad_(False)
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample  # (b, 3, R, R)
+
+
+def train_decoder(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> list[float]:
+    """Stage 3 (optional, can run beside stage 2): more decoder training on the cached posteriors, encoder fixed.
+
+    Fine-tuning only the decoder is how SD's ft-MSE VAE was improved; the U-Net's latents stay valid.
+    """
+    sc, vc = cfg.train_decoder, cfg.vae
+    cache = PixelCache.load_or_build(cfg.data, Path(cfg.output_dir) / f"pixels-{cfg.data.resolution}.pt", progress)
+    vae = load_trained_vae(cfg, decoder=False)
+    moments, _ = encode_latents(cfg, cache, vae, progress)
+    c = moments.shape[1] // 2
+    model = DecoderTrainee(vae)
+    loop = _Loop(cfg, "decoder", sc, model, _vae_arch(cfg), resume, progress)
+    fixed = cache.batch(cfg.seed, -1, 16, 0, 1)
+
+    def loss_fn(step: int, micro: int) -> torch.Tensor:
+        s = step * sc.grad_accum + micro
+        x, idx = cache.batch(cfg.seed + 1, s, sc.batch_size * loop.acc.num_processes, loop.acc.process_index, loop.acc.num_processes)
+        m = moments[idx]
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + s * 4099 + loop.acc.process_index)
+        z = m[:, :c] + m[:, c:] * torch.randn(m[:, :c].shape, generator=g)  # (b, C, h, w) posterior sample
+        with loop.acc.autocast():
+            y = loop.model(z.to(loop.acc.device)).float()
+        x = x.to(loop.acc.device)
+        edge = ((y.diff(dim=-1) - x.diff(dim=-1)).abs().mean() + (y.diff(dim=-2) - x.diff(dim=-2)).abs().mean()) / 2
+        return (y - x).abs().mean() + vc.edge_weight * edge
+
+    def on_sample(step: int) -> None:
+        m = DecoderTrainee(build_vae(vc, cfg.data.resolution)).eval()
+        loop.ema.copy_to(m)
+        x, idx = fixed
+        with torch.no_grad():
+            rec = m(moments[idx][:, :c]).clamp(-1, 1)
+        _save_grid(torch.cat([x, rec]).add(1).div(2), loop.dir / "samples" / f"recon-{step:06d}.png", cols=16)
+
+    return loop.run(loss_fn, on_sample)
 
 
 def _unet_arch(cfg: TrainConfig) -> dict:
@@ -547,13 +605,15 @@ def export(cfg: TrainConfig, out: str | os.PathLike | None = None, *, dtype: tor
 def run(config: str | os.PathLike, *, stage: str = "all", resume: bool = False, out: str | None = None,
         progress: bool = True) -> Path | None:
     """Run one stage or all of them in order (vae → unet → export)."""
-    if stage not in ("vae", "unet", "export", "all"):
-        raise LatentDiffError(f"unknown stage {stage!r} (vae, unet, export, all)")
+    if stage not in ("vae", "unet", "decoder", "export", "all"):
+        raise LatentDiffError(f"unknown stage {stage!r} (vae, unet, decoder, export, all)")
     cfg = load_config(config)
     if stage in ("vae", "all"):
         train_vae(cfg, resume=resume, progress=progress)
     if stage in ("unet", "all"):
         train_unet(cfg, resume=resume, progress=progress)
+    if stage == "decoder" or (stage == "all" and cfg.train_decoder.max_steps > 0):
+        train_decoder(cfg, resume=resume, progress=progress)
     if stage in ("export", "all"):
         from accelerate import PartialState
 

@@ -11,7 +11,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Train the VAE, then the U-Net with its text encoder, then export a diffusers "
                                           "folder (fp16). Runs under `accelerate launch` too.")
     t.add_argument("config", help="YAML recipe, e.g. configs/default-model.yaml")
-    t.add_argument("--stage", default="all", choices=["vae", "unet", "export", "all"], help="which stage (default all)")
+    t.add_argument("--stage", default="all", choices=["vae", "unet", "decoder", "export", "all"], help="which stage (default all)")
     t.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
     t.add_argument("--out", default=None, help="export folder (default OUTPUT_DIR/model)")
     t.set_defaults(func=run_train)
