@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 
 def add_profile_parser(sub) -> None:
     """Register the `profile` subcommand."""
@@ -15,7 +12,7 @@ def add_profile_parser(sub) -> None:
     p.add_argument("--size", type=int, default=None, help="latent side (default: each config's sample_size)")
     p.add_argument("--tokens", type=int, default=77, help="text tokens (default 77)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards first (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards; the median is reported (default 5)")
+    p.add_argument("--repeats", type=int, default=5, help="timed forwards per config, taken in turns; the median is reported (default 5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
@@ -28,11 +25,9 @@ def add_profile_parser(sub) -> None:
 
 def cmd_profile(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from .errors import LatentDiffError
-    from .profiling import (ProfileSettings, latency_chart, load_arch_config, profile_one, to_markdown, write_json,
-                            write_text_atomic)
+    from .profiling import ProfileSettings, latency_chart, load_arch_config, profile_many, to_markdown, write_json, write_text_atomic
 
     settings = ProfileSettings(batch=args.batch, size=args.size, tokens=args.tokens, warmup=args.warmup, repeats=args.repeats,
                                device=args.device, dtype=args.dtype, latency=not args.flops_only)
@@ -43,8 +38,7 @@ def cmd_profile(args) -> int:
             raise LatentDiffError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
     specs = [load_arch_config(path) for path in args.configs]  # every file checked before anything runs
-    rows = [profile_one(name, cfg, settings, desc)
-            for name, cfg, desc in tqdm(specs, desc="profile", unit="config", file=sys.stderr, disable=len(specs) < 2)]
+    rows = profile_many(specs, settings, progress=len(specs) > 1)  # latencies timed in turns across configs
     table = to_markdown(rows)
     print(table, end="")
     if args.markdown:

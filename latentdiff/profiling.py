@@ -155,57 +155,86 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-def measure(model: nn.Module, inputs: tuple, *, warmup: int, repeats: int) -> dict:
-    """Median and minimum latency of `model(*inputs)` after warm-up, and its peak memory, on the inputs' device."""
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def peak_memory_mb(model: nn.Module, inputs: tuple) -> dict:
+    """Peak memory of one forward: CUDA max_memory_allocated above what was allocated before, or on CPU the live-tensor peak."""
     dev = inputs[0].device
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    out: dict = {}
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(*inputs)
-        sync()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(*inputs)
-            sync()
-            times.append((time.perf_counter() - t0) * 1000)
-        out["latency_ms"], out["latency_min_ms"] = statistics.median(times), min(times)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
             model(*inputs)
-            sync()
-            out["gpu_peak_mb"] = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
-        else:
-            with LiveTensorPeak() as tracker:
+            _sync(dev)
+            return {"gpu_peak_mb": (torch.cuda.max_memory_allocated(dev) - base) / 2**20}
+        with LiveTensorPeak() as tracker:
+            model(*inputs)
+        return {"peak_activation_mb": tracker.peak / 2**20}
+
+
+def time_round_robin(jobs: list[tuple[nn.Module, tuple]], *, warmup: int, repeats: int, progress: bool = False) -> list[list[float]]:
+    """Forward latencies in ms, one list per job, timed in turns (job 1, job 2, ..., job 1, ...) after each one's warm-up.
+
+    Taking turns spreads a shared machine's changing load over all jobs alike, instead of favouring whichever ran when
+    the machine was quiet; report the median.
+    """
+    from tqdm import tqdm
+
+    times: list[list[float]] = [[] for _ in jobs]
+    with torch.inference_mode():
+        for model, inputs in jobs:
+            for _ in range(warmup):
                 model(*inputs)
-            out["peak_activation_mb"] = tracker.peak / 2**20
-    return out
+            _sync(inputs[0].device)
+        for _ in tqdm(range(repeats), desc="time", unit="round", disable=not progress):
+            for i, (model, inputs) in enumerate(jobs):
+                t0 = time.perf_counter()
+                model(*inputs)
+                _sync(inputs[0].device)
+                times[i].append((time.perf_counter() - t0) * 1000)
+    return times
 
 
-def profile_one(name: str, config: ArchConfig, settings: ProfileSettings, description: str = "") -> ProfileRow:
-    """Count, then (unless settings.latency is off) time and measure one architecture."""
+def profile_many(specs: list[tuple[str, ArchConfig, str]], settings: ProfileSettings, progress: bool = False) -> list[ProfileRow]:
+    """Count every (name, config, description); then, unless settings.latency is off, time them in turns and measure memory."""
     s = settings
     if s.batch < 1 or s.tokens < 1 or s.repeats < 1 or s.warmup < 0:
         raise LatentDiffError("batch, tokens and repeats must be positive and warmup non-negative")
     if s.dtype not in _DTYPES:
         raise LatentDiffError(f"unknown dtype {s.dtype!r}; choose one of {', '.join(_DTYPES)}")
-    size = s.size or config.sample_size
-    flops, params = count_flops(config, s.batch, size, s.tokens)
-    row = ProfileRow(name=name, arch="dit" if isinstance(config, DiTConfig) else "unet", params=params, flops=flops,
-                     batch=s.batch, latent=[size, size], tokens=s.tokens, description=description, config=config.to_dict())
+    from tqdm import tqdm
+
+    rows = []
+    for name, config, description in tqdm(specs, desc="count", unit="config", disable=not progress):
+        size = s.size or config.sample_size
+        flops, params = count_flops(config, s.batch, size, s.tokens)
+        rows.append(ProfileRow(name=name, arch="dit" if isinstance(config, DiTConfig) else "unet", params=params, flops=flops,
+                               batch=s.batch, latent=[size, size], tokens=s.tokens, description=description,
+                               config=config.to_dict()))
     if not s.latency:
-        return row
+        return rows
     dev, dtype = _device(s.device), _DTYPES[s.dtype]
-    torch.manual_seed(s.seed)
-    model = build_model(config).eval().to(dev, dtype)
-    gen = torch.Generator().manual_seed(s.seed)
-    inputs = example_inputs(config, s.batch, size, s.tokens, device=dev, dtype=dtype, generator=gen)
-    for key, value in measure(model, inputs, warmup=s.warmup, repeats=s.repeats).items():
-        setattr(row, key, value)
-    row.device, row.dtype = str(dev), s.dtype
-    return row
+    jobs = []
+    for (name, config, _), row in zip(specs, rows):
+        torch.manual_seed(s.seed)
+        model = build_model(config).eval().to(dev, dtype)
+        gen = torch.Generator().manual_seed(s.seed)
+        jobs.append((model, example_inputs(config, s.batch, row.latent[0], s.tokens, device=dev, dtype=dtype, generator=gen)))
+    times = time_round_robin(jobs, warmup=s.warmup, repeats=s.repeats, progress=progress)
+    for row, (model, inputs), t in tqdm(list(zip(rows, jobs, times)), desc="memory", unit="config", disable=not progress):
+        row.latency_ms, row.latency_min_ms = statistics.median(t), min(t)
+        row.device, row.dtype = str(dev), s.dtype
+        for key, value in peak_memory_mb(model, inputs).items():
+            setattr(row, key, value)
+    return rows
+
+
+def profile_one(name: str, config: ArchConfig, settings: ProfileSettings, description: str = "") -> ProfileRow:
+    """Count, then (unless settings.latency is off) time and measure one architecture."""
+    return profile_many([(name, config, description)], settings)[0]
 
 
 def machine_info() -> dict:
