@@ -200,3 +200,20 @@ def test_sd2_v_prediction_kohya_matches_diffusers(tiny_folder_sd2, tiny_sd2, tmp
     want = Reference(tiny_folder_sd2, tiny_sd2)([path])
     got = Ours(tiny_folder_sd2)([path])
     assert np.abs(pixels(want) - pixels(got)).max() <= 2
+
+
+def test_file_written_by_diffusers_save_lora_weights_loads(reference, ours, kohya_lora, kohya_image, tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    reference([kohya_lora])  # diffusers holds the kohya LoRA as adapter "l0"; write it the way its training scripts do
+    pipe = reference.pipe
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name="l0"),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder, adapter_name="l0"),
+        unet_lora_adapter_metadata=pipe.unet.peft_config["l0"].to_dict(),
+        text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config["l0"].to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    assert read_lora(path).format == "peft"
+    want, got = reference([path]), ours([path])
+    assert np.abs(pixels(want) - pixels(got)).max() <= 2
+    assert np.abs(pixels(got) - pixels(kohya_image)).max() <= 2  # the same LoRA as the kohya file, alpha kept

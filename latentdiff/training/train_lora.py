@@ -289,11 +289,13 @@ class LoraTrainer:
         self._epoch_cache: tuple[int, list[list[int]]] | None = None
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
         self.latents = self.text = None
+        self._unpark_encoders()
         with self.acc.main_process_first():
             if cfg.cache_latents:
                 self._cache_latents()
             if cfg.cache_text and not cfg.train_text_encoder:
                 self._cache_text()
+        self._park_encoders()
 
     def _cache_latents(self) -> None:
         """VAE moments (mean ‖ log-variance, (2C, h, w)) of every image (and its mirror image), computed once."""
@@ -315,6 +317,20 @@ class LoraTrainer:
                               group=lambda k: keys[k][0].size)
         if n and self.acc.is_main_process:
             log.info("cached %d latents in %s", n, self.latents.path)
+
+    def _park_encoders(self) -> None:
+        """Once their outputs are cached, the frozen VAE / text encoder leave the GPU (validation borrows them back)."""
+        if self.acc.device.type != "cuda":
+            return
+        if self.latents is not None:
+            self.vae.to("cpu")
+        if self.text is not None:
+            self.text_encoder.to("cpu")
+        torch.cuda.empty_cache()
+
+    def _unpark_encoders(self) -> None:
+        self.vae.to(self.acc.device)
+        self.text_encoder.to(self.acc.device)
 
     def _cache_text(self) -> None:
         """CLIP embeddings (77, D) of every caption and of the empty caption, computed once."""
@@ -546,10 +562,12 @@ class LoraTrainer:
         if not cfg.validation_prompts or not self.acc.is_main_process:
             return []
         self._set_train(False)
+        self._unpark_encoders()
         folder = self.out / "validation"
         folder.mkdir(parents=True, exist_ok=True)
         out = self.pipe(cfg.validation_prompts, num_inference_steps=cfg.validation_steps, guidance_scale=cfg.validation_guidance,
                         sampler=cfg.validation_sampler, seed=cfg.validation_seed, progress=False)
+        self._park_encoders()
         self._set_train(True)
         paths = []
         for i, (image, params) in enumerate(zip(out.images, out.params)):
