@@ -16,6 +16,7 @@ EXTRA_COMMANDS = [
     ("latentdiff.training.emoji_cli", "add_data_parser"),
     ("latentdiff.training.train_cli", "add_train_parser"),
     ("latentdiff.profile_cli", "add_profile_parser"),
+    ("latentdiff.bench_cli", "add_bench_parser"),
     ("latentdiff.training.lora_cli", "add_train_lora_parser"),
 ]
 
@@ -49,6 +50,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto: fp16 on CUDA, bf16 on bf16-native CPUs, else fp32)")
     p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
+    p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -156,6 +159,7 @@ def cmd_generate(args) -> int:
     paths = output_paths(args.out, num)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
+                                                   fast=args.fast, compile=args.compile,
                                                    prediction_type=args.prediction_type)
     if model in (None, "default"):
         pipe.model_name = "default"

@@ -41,7 +41,8 @@ def check_size(width: int, height: int, multiple: int = 8) -> None:
 class LatentDiffusionPipeline:
     """Stable-Diffusion-style text-to-image with our U-Net and diffusers/transformers VAE, CLIP and schedulers."""
 
-    def __init__(self, components: Components, *, device=None, dtype=None, attention: str = "sdpa", model_name: str = ""):
+    def __init__(self, components: Components, *, device=None, dtype=None, attention: str = "sdpa", model_name: str = "",
+                 fast: bool = False, compile: bool = False):
         self.components = components
         self.model_name = model_name or components.source
         self._model_hash: str | None = None
@@ -50,14 +51,20 @@ class LatentDiffusionPipeline:
         set_attention_backend(self.unet, attention)
         self.attention = attention
         self.to(self.device, self.dtype)
+        self.fast_levers: list[str] = []  # what fast/compile turned on (latentdiff.fast; benchmarks/BENCHMARKS.md)
+        if fast or compile:
+            from ..fast import apply_fast
+
+            self.fast_levers = apply_fast(self, fast=fast, compile=compile)
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
-                        allow_pickle: bool = False, prediction_type: str | None = None) -> "LatentDiffusionPipeline":
+                        allow_pickle: bool = False, prediction_type: str | None = None, fast: bool = False,
+                        compile: bool = False) -> "LatentDiffusionPipeline":
         """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path."""
         components = load_components(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
-        return cls(components, device=device, dtype=dtype, attention=attention, model_name=str(path))
+        return cls(components, device=device, dtype=dtype, attention=attention, model_name=str(path), fast=fast, compile=compile)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write a diffusers folder (loadable by diffusers' StableDiffusionPipeline too)."""
