@@ -171,3 +171,16 @@ def test_profile_command_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "u.yaml").write_text("unet: {dim: 16, dim_mults: [1], num_heads: 2, norm_num_groups: 8}\n")
     assert main(["profile", str(tmp_path / "u.yaml"), "--flops-only", "--chart", str(tmp_path / "c.png")]) == 2
     assert "--chart needs latencies" in capsys.readouterr().err
+
+
+def test_line_chart_with_log_axis(tmp_path):
+    from latentdiff.profiling import draw_chart
+
+    series = [{"label": "a", "x": [10, 20, 30], "y": [0.8, 0.2, 0.11]}, {"label": "b", "x": [10, 20, 30], "y": [0.5, 0.3, 0.1]}]
+    path = draw_chart(series, tmp_path / "c.png", title="loss", xlabel="step", ylabel="loss", log_y=True, size=(400, 300))
+    with Image.open(path) as img:
+        assert img.size == (400, 300)
+        colors = {c for _, c in img.getcolors(maxcolors=100000)}
+    assert (31, 119, 180) in colors and (255, 127, 14) in colors  # both series drawn in their colours
+    with pytest.raises(LatentDiffError, match="nothing to chart"):
+        draw_chart([], tmp_path / "d.png", title="", xlabel="", ylabel="")
