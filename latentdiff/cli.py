@@ -15,6 +15,7 @@ from .errors import LatentDiffError
 EXTRA_COMMANDS = [
     ("latentdiff.training.emoji_cli", "add_data_parser"),
     ("latentdiff.training.train_cli", "add_train_parser"),
+    ("latentdiff.pipelines.edit_cli", "add_edit_parsers"),
     ("latentdiff.profile_cli", "add_profile_parser"),
     ("latentdiff.bench_cli", "add_bench_parser"),
     ("latentdiff.training.lora_cli", "add_train_lora_parser"),
