@@ -162,11 +162,14 @@ def test_bad_settings_fail_with_one_line(tmp_path, capsys):
             load_config(None, values)
 
 
-def test_sketch_style_set_for_the_demo(data, tmp_path):
-    from latentdiff.training.style_demo import make_sketch_set
+def test_demo_sets(data, tmp_path):
+    from latentdiff.training.lora_demo import make_sketch_set, make_subject_set
 
     assert make_sketch_set(data, tmp_path / "sketch", count=3, progress=False) == 3
     captions = sorted(p.read_text() for p in (tmp_path / "sketch").glob("*.txt"))
     assert captions == ["a red square on blue, sketch style"] * 3
     a = np.asarray(Image.open(tmp_path / "sketch" / "0000.png")).astype(int)
     assert (a[..., 0] == a[..., 2]).all() and np.median(a) > 200  # gray lines on white paper
+    assert make_subject_set(data, tmp_path / "subject", name="a red square on blue", progress=False) == 8
+    with pytest.raises(LatentDiffError, match="no image in .* is captioned 'merman'"):
+        make_subject_set(data, tmp_path / "none", name="merman", progress=False)

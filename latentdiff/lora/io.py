@@ -125,7 +125,11 @@ def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft"
         header.update(extra)
     else:
         tensors = to_kohya(state)
-    return save_safetensors(tensors, path, metadata=header)
+    path = save_safetensors(tensors, path, metadata=header)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a file to share: the usual mode, not the 0600 of the temp file it was written as
+    return path
 
 
 def weights_hash(model_path: str | os.PathLike) -> str:
