@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatentDiffError
+from ..fileio import publish
 from ..models.unet import UNet, UNetConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -227,6 +228,7 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if path.exists():
             shutil.rmtree(path)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatentDiffError
+from ..fileio import publish
 from . import ldm_keys as K
 from .configs import ASSETS_DIR, preset_path, read_preset, read_yaml
 
@@ -336,6 +337,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

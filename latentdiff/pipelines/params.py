@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from ..errors import LatentDiffError
+from ..fileio import publish
 from .samplers import display_name
 
 JSON_KEY = "latentdiff"
@@ -79,6 +80,7 @@ def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLi
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

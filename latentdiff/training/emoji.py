@@ -43,6 +43,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
+from latentdiff.fileio import publish
 from latentdiff.training.data import WHITE, flatten_alpha
 
 IMAGES_PACKAGE = ("@lobehub/fluent-emoji-3d", "1.1.0", "lobehub-fluent-emoji-3d")
@@ -325,6 +326,7 @@ def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, siz
 
 def _replace_dir(new: Path, target: Path) -> None:
     """Move a finished build into place, replacing an empty or (when allowed) existing folder."""
+    publish(new)
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
     if target.exists():

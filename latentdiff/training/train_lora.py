@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..fileio import publish
 from ..errors import LatentDiffError
 from .cache import TensorCache, module_fingerprint
 from .checkpointing import CSVLog, check_same_architecture, load_training_state, save_training_state, write_json
@@ -515,6 +516,7 @@ class LoraTrainer:
                 "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None})
             if final.exists():
                 shutil.rmtree(final)
+            publish(tmp)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
