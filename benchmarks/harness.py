@@ -99,6 +99,7 @@ class BenchSettings:
     """What a benchmark run measures, and how."""
 
     layout: str = "sd15"                   # sd15: the real SD1.5 sizes | tiny: small channel counts (smoke runs, tests)
+    model: str = ""                        # a diffusers folder to time instead of random weights (e.g. the embedded default)
     device: str = "auto"                   # cpu | cuda | auto
     variants: tuple[str, ...] = ()         # names in VARIANTS; () = the device's default list
     latent: int = 64                       # latent side of the U-Net CFG step and the VAE decode (64: 512² images)
@@ -366,8 +367,15 @@ def image_diff(a: np.ndarray, b: np.ndarray) -> dict:
 
 # -- peak memory in a fresh process -----------------------------------------------------------------------------------------
 def rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set size so far, in MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ru_maxrss: the kernel
+    carries it over fork and execve, so a child started by a 6 GB parent would report 6 GB before loading anything.
+    """
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux/BSD
 
 
 def probe_memory(variant_name: str, folder: str, settings: dict) -> dict:
@@ -458,25 +466,32 @@ def measure_tiling(folder: Path, s: BenchSettings) -> list[dict]:
 
 
 # -- paired A/B steps --------------------------------------------------------------------------------------------------------
-def measure_pair(a: Variant, b: Variant, folder: Path, device: torch.device, s: BenchSettings) -> dict:
-    """Both variants loaded at once, U-Net CFG steps alternated A B B A ...: slow drifts in machine load cancel."""
-    ra, rb = Runner(a, folder, device, s), Runner(b, folder, device, s)
-    for r in (ra, rb):
-        r.unet_step()  # warm-up, excluded
+def _alternate(fa, fb, rounds: int, device: torch.device, what: str) -> dict:
+    """Time fa and fb in A B B A ... order after one warm-up call each; per-round ratios and their median."""
+    fa(), fb()  # warm-up, excluded
     ta, tb = [], []
-    for i in range(s.pair_rounds):
-        order = [(ra, ta), (rb, tb)] if i % 2 == 0 else [(rb, tb), (ra, ta)]
-        for r, times in order:
-            times.extend(timed(r.unet_step, warmup=0, repeats=1, device=device)["times_s"])
-        log(f"pair {a.name}:{b.name} round {i + 1}: {ta[-1]:.3f} s vs {tb[-1]:.3f} s")
+    for i in range(rounds):
+        order = [(fa, ta), (fb, tb)] if i % 2 == 0 else [(fb, tb), (fa, ta)]
+        for fn, times in order:
+            times.extend(timed(fn, warmup=0, repeats=1, device=device)["times_s"])
+        log(f"{what} round {i + 1}: {ta[-1]:.3f} s vs {tb[-1]:.3f} s")
+    ratios = [x / y for x, y in zip(ta, tb)]
+    return {"a_times_s": ta, "b_times_s": tb, "a_median_s": statistics.median(ta), "b_median_s": statistics.median(tb),
+            "ratios_a_over_b": ratios, "median_ratio": statistics.median(ratios)}
+
+
+def measure_pair(a: Variant, b: Variant, folder: Path, device: torch.device, s: BenchSettings) -> dict:
+    """Both variants loaded at once, U-Net CFG steps (and VAE decodes, where the VAE path differs) alternated."""
+    ra, rb = Runner(a, folder, device, s), Runner(b, folder, device, s)
+    out = {"a": a.name, "b": b.name, **_alternate(ra.unet_step, rb.unet_step, s.pair_rounds, device, f"{a.name}:{b.name} step")}
     with torch.inference_mode():
-        err = (ra.unet_step().float() - rb.unet_step().float()).abs().max().item()
+        out["max_abs_output_diff"] = (ra.unet_step().float() - rb.unet_step().float()).abs().max().item()
+    vae_differs = (a.impl, a.dtype, a.autocast, a.channels_last) != (b.impl, b.dtype, b.autocast, b.channels_last)
+    if vae_differs:
+        out["vae_decode"] = _alternate(ra.vae_decode, rb.vae_decode, s.pair_rounds, device, f"{a.name}:{b.name} decode")
     del ra, rb
     _free(device)
-    ratios = [x / y for x, y in zip(ta, tb)]
-    return {"a": a.name, "b": b.name, "a_times_s": ta, "b_times_s": tb, "a_median_s": statistics.median(ta),
-            "b_median_s": statistics.median(tb), "ratios_a_over_b": ratios, "median_ratio": statistics.median(ratios),
-            "max_abs_output_diff": err}
+    return out
 
 
 # -- the run -------------------------------------------------------------------------------------------------------------
@@ -499,8 +514,8 @@ def run(s: BenchSettings, out: str | os.PathLike | None = None) -> dict:
     names = [n for n in names if device.type in VARIANTS[n].devices]
     result = {"label": s.label, "started": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": machine_info(device), "settings": asdict(s), "variants": []}
-    folder = ensure_model(s.layout, s.seed, s.work_dir)
-    result["model"] = {"layout": s.layout, "folder": str(folder)}
+    folder = Path(s.model) if s.model else ensure_model(s.layout, s.seed, s.work_dir)
+    result["model"] = {"layout": "given folder" if s.model else s.layout, "folder": str(folder)}
     images: dict[str, np.ndarray] = {}
     for name in names:
         variant = VARIANTS[name]
@@ -554,7 +569,7 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
 
 
 def settings_from_args(a: argparse.Namespace) -> BenchSettings:
-    return BenchSettings(layout=a.layout, device=a.device, variants=tuple(v for v in a.variants.split(",") if v), latent=a.latent,
+    return BenchSettings(layout=a.layout, model=a.model or "", device=a.device, variants=tuple(v for v in a.variants.split(",") if v), latent=a.latent,
                          height=a.size, width=a.size, steps=a.steps, sampler=a.sampler, step_warmup=a.step_warmup,
                          step_repeats=a.step_repeats, decode_repeats=a.decode_repeats, e2e_repeats=a.e2e_repeats,
                          memory=not a.no_memory, threads=a.threads,

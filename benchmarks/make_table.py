@@ -73,7 +73,7 @@ def section(name: str, result: dict) -> str:
     lines += [f"- device: `{m['device']}`, {device}; CPU capability {m.get('cpu_capability')}, "
               f"native bf16 (AVX512-BF16/AMX): **{'yes' if native_bf16 else 'no'}**; threads {m.get('threads')}",
               f"- torch {m.get('torch')}, diffusers {m.get('diffusers')}, transformers {m.get('transformers')}, python {m.get('python')}",
-              f"- model: random weights, {s['layout']} layout; U-Net CFG step = batch 2 at {s.get('latent', s['height'] // 8)}² latents, VAE decode of one such latent; "
+              f"- model: {('`' + s['model'] + '`') if s.get('model') else 'random weights, ' + s['layout'] + ' layout'}; U-Net CFG step = batch 2 at {s.get('latent', s['height'] // 8)}² latents, VAE decode of one such latent; "
               f"image = {s['width']}×{s['height']}, {s['steps']} {s['sampler']} steps, guidance {s['guidance']}",
               f"- medians of {s['step_repeats']} steps after {s['step_warmup']} warm-up, {s['decode_repeats']} VAE decodes after 1, "
               f"{s['e2e_repeats']} image(s) after a 1-step warm-up image; peak memory: "
@@ -122,12 +122,14 @@ def section(name: str, result: dict) -> str:
                   "|---|---|---:|---:|---:|", *lever_lines]
     if result.get("pairs"):
         lines += ["", "Paired U-Net CFG steps (both loaded, steps alternated A B B A; ratio per round, then the median):", "",
-                  "| A | B | A median (s) | B median (s) | A ÷ B per round | median A ÷ B | max output diff |",
-                  "|---|---|---:|---:|---|---:|---:|"]
+                  "| A | B | what | A median (s) | B median (s) | A ÷ B per round | median A ÷ B | max U-Net output diff |",
+                  "|---|---|---|---:|---:|---|---:|---:|"]
         for pr in result["pairs"]:
-            lines.append(f"| {pr['a']} | {pr['b']} | {pr['a_median_s']:.3f} | {pr['b_median_s']:.3f} "
-                         f"| {', '.join(f'{x:.2f}' for x in pr['ratios_a_over_b'])} | {pr['median_ratio']:.2f} "
-                         f"| {pr['max_abs_output_diff']:.2e} |")
+            for what, d in (("U-Net CFG step", pr), ("VAE decode", pr.get("vae_decode"))):
+                if d:
+                    lines.append(f"| {pr['a']} | {pr['b']} | {what} | {d['a_median_s']:.3f} | {d['b_median_s']:.3f} "
+                                 f"| {', '.join(f'{x:.2f}' for x in d['ratios_a_over_b'])} | {d['median_ratio']:.2f} "
+                                 f"| {pr['max_abs_output_diff']:.2e} |")
     extra = result.get("vae_tiling")
     if extra:
         lines += ["", "VAE tiling (decode only, fresh process each):", "",

@@ -31,6 +31,7 @@ def load_bench_module(name: str):
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The harness's flags; defaults are BenchSettings' (tests/test_fast.py checks they agree)."""
     p.add_argument("--layout", default="sd15", choices=["sd15", "tiny"], help="sd15: the real sizes; tiny: a smoke run")
+    p.add_argument("--model", default="", help="time this diffusers folder instead of random weights ('default': the embedded model)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--variants", default="", help="comma-separated variant names (default: the device's list; see harness.VARIANTS)")
     p.add_argument("--latent", type=int, default=64, help="latent side of the U-Net CFG step and VAE decode (default 64 = 512²)")
@@ -70,6 +71,10 @@ def cmd_bench(args) -> int:
         return 0
     if args.steps <= 0 or args.size <= 0 or args.size % 8 or args.latent <= 0:
         raise LatentDiffError("--steps and --latent must be positive and --size a positive multiple of 8")
+    if args.model:
+        from .cli import resolve_model
+
+        args.model = resolve_model(args.model)
     harness = load_bench_module("harness")
     settings = harness.settings_from_args(args)
     try:

@@ -137,9 +137,9 @@ class SequentialOffload:
 
     def __init__(self, model: nn.Module, device: torch.device | str, storage: torch.device | str = "cpu"):
         self.device, self.storage = torch.device(device), torch.device(storage)
-        self.handles: list = []
         self.model = model
         model.to(self.storage)
+        self.handles: list = [model.register_forward_pre_hook(self._inputs_to_device, with_kwargs=True)]
         pin = self.storage.type == "cpu" and self.device.type == "cuda"
         for module in model.modules():
             own = list(module._parameters.items()) + list(module._buffers.items())
@@ -151,6 +151,11 @@ class SequentialOffload:
                         t.data = t.data.pin_memory()
             self.handles.append(module.register_forward_pre_hook(self._load))
             self.handles.append(module.register_forward_hook(self._unload))
+
+    def _inputs_to_device(self, module: nn.Module, args, kwargs):
+        """Callers build inputs where the weights rest (e.g. CLIP's ids on `text_encoder.device`): send them along."""
+        move = lambda v: v.to(self.device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
     def _move(self, module: nn.Module, where: torch.device) -> None:
         for store in (module._parameters, module._buffers):
@@ -174,6 +179,14 @@ class SequentialOffload:
 def sequential_offload(model: nn.Module, device: torch.device | str, storage: torch.device | str = "cpu") -> SequentialOffload:
     """Run `model` on `device` with its weights kept on `storage` between layers (see SequentialOffload)."""
     return SequentialOffload(model, device, storage)
+
+
+def enable_sequential_offload(pipe, device: torch.device | str | None = None) -> list[SequentialOffload]:
+    """Keep a pipeline's U-Net, text encoder and VAE on the CPU and stream each layer to `device` as it runs."""
+    device = pipe.device if device is None else torch.device(device)
+    offloads = [SequentialOffload(m, device) for m in (pipe.unet, pipe.text_encoder, pipe.vae)]
+    pipe.device = device  # noise and timesteps are made on the compute device
+    return offloads
 
 
 # -- the policy -------------------------------------------------------------------------------------------------------
