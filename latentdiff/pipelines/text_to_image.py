@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,8 @@ from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
 from .guidance import CFGDenoiser
 from .params import GenerationParams
-from .samplers import check_sampler, make_scheduler
+from .request import expand_request, request_params
+from .samplers import make_scheduler
 
 
 @dataclass
@@ -202,24 +202,12 @@ class LatentDiffusionPipeline:
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        if len(negatives) != len(prompts):
-            raise LatentDiffError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
-        if not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
-            raise LatentDiffError(f"steps must be a positive integer, got {num_inference_steps}")
-        if num_images <= 0:
-            raise LatentDiffError(f"num_images must be positive, got {num_images}")
-        sampler = check_sampler(sampler)
-        seed = random.randrange(2**32) if seed is None else int(seed)
-
-        prompts = [p for p in prompts for _ in range(num_images)]
-        negatives = [n for n in negatives for _ in range(num_images)]
-        seeds = [seed + i for i in range(len(prompts))]
+        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+        prompts, negatives, seeds, sampler = req.prompts, req.negatives, req.seeds, req.sampler
         scheduler = make_scheduler(sampler, self.components.scheduler_config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
@@ -229,11 +217,7 @@ class LatentDiffusionPipeline:
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress)
         images = self.to_pil(self.decode(latents))
-        params = [GenerationParams(prompt=p, negative_prompt=n, steps=num_inference_steps, sampler=sampler,
-                                   guidance_scale=guidance_scale, seed=s, width=width, height=height, model=self.model_name,
-                                   model_hash=self.model_hash, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
-                                   dtype=str(self.dtype).replace("torch.", ""), loras=self.active_loras())
-                  for p, n, s in zip(prompts, negatives, seeds)]
+        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
         return PipelineOutput(images, params)
 
     def img2img(self, prompt: str | list[str], image, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
