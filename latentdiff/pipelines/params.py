@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import LatentDiffError
-from ..fileio import publish
+from ..fileio import atomic_write
 from .samplers import display_name
 
 JSON_KEY = "latentdiff"
@@ -73,19 +72,12 @@ def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLi
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", params.to_a1111())
     info.add_itxt(JSON_KEY, params.to_json())
+    if not path.parent.is_dir():
+        raise LatentDiffError(f"output folder does not exist: {path.parent}")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.tmp")
-    except OSError as e:
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    except PermissionError as e:
         raise LatentDiffError(f"cannot write to {path.parent}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_png_params(path: str | os.PathLike) -> GenerationParams:

@@ -5,30 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from ..fileio import publish
+from ..fileio import atomic_write  # noqa: F401  (re-exported: trainers import it from here)
 from ..errors import LatentDiffError
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call `write(tmp_path)` and move the result over `path` only when it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
