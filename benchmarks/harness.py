@@ -333,6 +333,7 @@ def measure_variant(variant: Variant, folder: Path, device: torch.device, s: Ben
     """Time one variant in this process: load, U-Net CFG step, VAE decode, end-to-end image."""
     row: dict = {"name": variant.name, **{k: v for k, v in asdict(variant).items() if k not in ("name", "devices")},
                  "precision": variant.precision, "reference": variant.reference}
+    row["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # other jobs on the machine?
     t0 = time.perf_counter()
     r = Runner(variant, folder, device, s)
     row["load_s"] = time.perf_counter() - t0

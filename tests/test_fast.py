@@ -199,6 +199,14 @@ def test_harness_smoke_run_writes_valid_json_and_table(bench, tmp_path):
     table = make_table.section("smoke.json", data)
     assert "| ours-fp32-cl | fp32 |" in table and "Not a result" in table and "channels-last (U-Net + VAE)" in table
     assert "| ours-fp32 | ours-fp32-cl |" in table
+    (tmp_path / "results" / "other.json").write_text('{"runs": [1, 2]}')  # another benchmark's JSON is left alone
+    index = tmp_path / "BENCHMARKS.md"
+    index.write_text("# Benchmarks\n\nhand-written index\n")
+    for _ in range(2):  # the block is appended once, then replaced in place
+        make_table.write_table(index, tmp_path / "results")
+    text = index.read_text()
+    assert text.startswith("# Benchmarks\n\nhand-written index\n") and text.count(make_table.BEGIN) == 1
+    assert text.count("## smoke") == 1 and "other.json" not in text
 
 
 def test_harness_memory_probe_in_a_fresh_process(bench, tmp_path):
