@@ -230,3 +230,34 @@ def test_dit_positions_and_parameter_matching():
         narrower = count_parameters(DiT(DiTConfig(**{**cfg.to_dict(), "hidden_size": cfg.hidden_size - 16})))
         wider = count_parameters(DiT(DiTConfig(**{**cfg.to_dict(), "hidden_size": cfg.hidden_size + 16})))
     assert abs(n - target) <= min(abs(narrower - target), abs(wider - target))
+
+
+def test_variant_unet_saves_and_loads_as_a_folder(tmp_path):
+    """A variant diffusers cannot express is written in our config format and loads back bit-identically."""
+    import json
+    from dataclasses import replace
+
+    from conftest import tiny_components
+
+    from latentdiff.checkpoints.loader import load_components, save_diffusers_folder, save_single_file
+    from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+
+    c = tiny_components()
+    cfg = replace(c.unet.config, downsample="maxpool", upsample="shuffle", attention_types=("linear", "full"))
+    torch.manual_seed(3)
+    c.unet = lively(UNet(cfg)).eval()
+    folder = save_diffusers_folder(c, tmp_path / "variant")
+    saved = json.loads((folder / "unet" / "config.json").read_text())
+    assert saved["_class_name"] == "latentdiff.UNet" and saved["downsample"] == "maxpool"
+    assert json.loads((folder / "model_index.json").read_text())["unet"] == ["latentdiff", "UNet"]
+    back = load_components(folder)
+    assert back.unet.config == cfg
+    x, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 5, cfg.cross_attention_dim)
+    with torch.no_grad():
+        assert torch.equal(back.unet(x, torch.tensor([3, 700]), ctx), c.unet(x, torch.tensor([3, 700]), ctx))
+    a = LatentDiffusionPipeline(c)("a cat", num_inference_steps=3, seed=1, progress=False).images[0]
+    b = LatentDiffusionPipeline(back)("a cat", num_inference_steps=3, seed=1, progress=False).images[0]
+    assert a.tobytes() == b.tobytes()
+    with pytest.raises(LatentDiffError, match="cannot express this U-Net variant"):  # LDM single files have no such layout
+        save_single_file(c, tmp_path / "variant.safetensors")
+    assert not (tmp_path / "variant.safetensors").exists()

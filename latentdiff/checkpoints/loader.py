@@ -127,7 +127,7 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     from transformers import CLIPTextModel
 
     unet_dir = path / "unet"
-    config = UNetConfig.from_diffusers(_read_json(unet_dir / "config.json"))
+    config = UNetConfig.from_folder_config(_read_json(unet_dir / "config.json"))
     unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
     vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE")
     text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder")
@@ -204,7 +204,11 @@ def save_single_file(c: Components, path: str | os.PathLike, dtype: torch.dtype 
 
 
 def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
-    """Write a folder that both we and diffusers' StableDiffusionPipeline load; atomic via a temp folder."""
+    """Write a folder that both we and diffusers' StableDiffusionPipeline load; atomic via a temp folder.
+
+    A U-Net variant diffusers cannot express (docs/ARCHITECTURES.md) is written in our own config format; such a
+    folder loads here only.
+    """
     import diffusers
 
     path = Path(path)
@@ -212,7 +216,7 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         (tmp / "unet").mkdir()
-        (tmp / "unet" / "config.json").write_text(json.dumps(c.unet.config.to_diffusers(), indent=2))
+        (tmp / "unet" / "config.json").write_text(json.dumps(c.unet.config.to_folder_config(), indent=2))
         save_file({k: v.contiguous() for k, v in c.unet.state_dict().items()}, str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
         c.vae.save_pretrained(str(tmp / "vae"))
         c.text_encoder.save_pretrained(str(tmp / "text_encoder"))
@@ -221,7 +225,8 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
         sched = {"_class_name": "PNDMScheduler", **{k: v for k, v in c.scheduler_config.items() if k != "_class_name"}}
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
         index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
-                 "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                 "unet": ["latentdiff", "UNet"] if c.unet.config.variant_settings() else ["diffusers", "UNet2DConditionModel"],
+                 "vae": ["diffusers", "AutoencoderKL"],
                  "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                  "scheduler": ["diffusers", sched["_class_name"]], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "requires_safety_checker": False}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,8 @@ _UNSUPPORTED = {
     "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
     "conv_in_kernel": 3, "conv_out_kernel": 3, "act_fn": "silu", "mid_block_type": "UNetMidBlock2DCrossAttn",
 }
+
+LATENTDIFF_CLASS = "latentdiff.UNet"  # unet/config.json _class_name of variants diffusers cannot express
 
 
 @dataclass
@@ -141,6 +143,19 @@ class UNetConfig:
             freq_shift=cfg.get("freq_shift", 0), upcast_attention=cfg.get("upcast_attention", False),
             sample_size=cfg.get("sample_size", 64),
         )
+
+    def to_folder_config(self) -> dict:
+        """`unet/config.json` for a saved folder: diffusers' format when it can express the network, else ours."""
+        if self.variant_settings():
+            return {"_class_name": LATENTDIFF_CLASS, **self.to_dict()}
+        return self.to_diffusers()
+
+    @classmethod
+    def from_folder_config(cls, cfg: dict) -> "UNetConfig":
+        """Read either form of `unet/config.json` written by `to_folder_config` (or by diffusers)."""
+        if cfg.get("_class_name") == LATENTDIFF_CLASS:
+            return cls.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")})
+        return cls.from_diffusers(cfg)
 
     def to_diffusers(self) -> dict:
         """A diffusers `UNet2DConditionModel` config dict describing the same network (SD layouts only)."""
