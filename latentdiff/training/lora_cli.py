@@ -8,7 +8,7 @@ from dataclasses import fields
 
 def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train-lora`: a YAML recipe (configs/lora-*.yaml) and one flag per LoraTrainConfig field, flags winning."""
-    from .train_lora import LoraTrainConfig
+    from .lora_config import LoraTrainConfig
 
     p = subparsers.add_parser(
         "train-lora", help="fine-tune a LoRA on a folder of captioned images",
@@ -33,7 +33,8 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train_lora(args: argparse.Namespace) -> int:
     """Load the recipe with overrides, train, print the files written and the fixed-noise loss before/after."""
-    from .train_lora import load_config, train_lora
+    from .lora_config import load_config
+    from .train_lora import train_lora
 
     overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     cfg = load_config(args.config, overrides)

@@ -1,0 +1,149 @@
+"""The LoRA training recipe: `LoraTrainConfig` (YAML keys = fields = CLI flags) and its loading and checks.
+
+Kept free of torch so that `latentdiff --help` and the CLI's parser build without importing the training stack.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import LatentDiffError
+
+ADAPTER = "latentdiff"          # peft adapter name of the LoRA being trained
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+@dataclass
+class LoraTrainConfig:
+    """A LoRA recipe. YAML keys are these field names; each field is also a command-line flag (--max-steps 500)."""
+
+    # what to train on, where to write
+    model: str = "default"                      # base model: diffusers folder, single .safetensors file, or "default"
+    data: str = ""                              # image folder: kohya .txt captions or metadata.jsonl
+    output_dir: str = "runs/lora"
+    output_name: str = "lora"                   # stem of the kohya file (<output_name>.safetensors)
+    save_formats: list[str] = field(default_factory=lambda: ["peft", "kohya"])  # peft: pytorch_lora_weights.safetensors
+    # the adapter (Hu et al. 2021, https://arxiv.org/abs/2106.09685)
+    rank: int = 4
+    alpha: float = 4.0                          # scale = alpha / rank
+    dropout: float = 0.0                        # on the LoRA input
+    targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # + proj, ff (lora.UNET_TARGETS)
+    train_text_encoder: bool = False
+    text_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    init: str = "kaiming"                       # lora_A init: "kaiming" (peft default) or "gaussian"; lora_B starts at 0
+    # data
+    resolution: int = 0                         # bucket area side in pixels; 0 = the model's native size
+    buckets: bool = True                        # aspect-ratio buckets (kohya-like); off: square crops
+    max_aspect: float = 2.0
+    random_crop: bool = False                   # needs cache_latents: false (a cached latent has one crop)
+    random_flip: bool = False                   # cached as a second latent per image
+    caption_dropout: float = 0.0                # empty-caption rate, keeps CFG working (https://arxiv.org/abs/2207.12598)
+    instance_token: str = ""                    # prepended to every training caption ("sks, a photo of ...")
+    reg_data: str = ""                          # regularisation images (prior preservation, https://arxiv.org/abs/2208.12242)
+    prior_loss_weight: float = 1.0
+    cache_latents: bool = True
+    cache_text: bool = True                     # ignored when train_text_encoder
+    cache_dir: str = ""                         # default <output_dir>/cache
+    # optimisation
+    max_steps: int = 1000
+    batch_size: int = 1                         # per process
+    grad_accum: int = 1
+    lr: float = 1e-4
+    text_lr: float = 5e-5
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    optimizer: str = "adamw"                    # "adamw" or "adamw8bit" (needs bitsandbytes)
+    mixed_precision: str = "auto"               # auto: fp16 on CUDA, bf16 on bf16-native CPUs, else no
+    gradient_checkpointing: bool = False
+    prediction_type: str = ""                   # override the model's ("v_prediction" for SD2-768)
+    min_snr_gamma: float = 0.0                  # https://arxiv.org/abs/2303.09556 (5 is typical)
+    noise_offset: float = 0.0                   # https://www.crosslabs.org/blog/diffusion-with-offset-noise
+    seed: int = 0
+    device: str = "auto"                        # "cpu" forces the CPU; otherwise accelerate picks
+    # checkpoints, logs, validation
+    checkpoint_every: int = 500                 # steps; 0 = only the final files
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_items: int = 32                        # fixed-noise loss on this many images at start and end (0 = off)
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int = 0                   # steps; 0 = only at the end (when prompts are given)
+    validation_steps: int = 20
+    validation_sampler: str = "dpmpp_2m"
+    validation_guidance: float = 7.5
+    validation_seed: int = 0
+
+    def check(self) -> "LoraTrainConfig":
+        """Validate values (one line naming the field), returning self."""
+        if not self.model:
+            raise LatentDiffError("no base model: set model (a diffusers folder, a .safetensors file or default) or pass --model")
+        if not self.data:
+            raise LatentDiffError("no training data: set data (an image folder) in the config or pass --data")
+        choices = {"mixed_precision": MIXED_PRECISION, "optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS,
+                   "init": ("kaiming", "gaussian"), "prediction_type": ("", "epsilon", "v_prediction")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LatentDiffError(f"{name} must be one of {', '.join(a or repr(a) for a in allowed)}, got {getattr(self, name)!r}")
+        for fmt in self.save_formats:
+            if fmt not in ("peft", "kohya"):
+                raise LatentDiffError(f"save_formats holds {fmt!r}; choose peft and/or kohya")
+        for name in ("rank", "max_steps", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise LatentDiffError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("caption_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LatentDiffError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.random_crop and self.cache_latents:
+            raise LatentDiffError("random_crop needs cache_latents: false (a cached latent holds one crop)")
+        if self.resolution and self.resolution % 64:
+            raise LatentDiffError(f"resolution must be a multiple of 64, got {self.resolution}")
+        return self
+
+
+def config_from(values: dict) -> LoraTrainConfig:
+    """Build a config from a dict (YAML + flags), one line for an unknown key or a value of the wrong kind."""
+    known = {f.name: f for f in fields(LoraTrainConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise LatentDiffError(f"unknown train-lora setting {key!r}")
+        default = getattr(LoraTrainConfig(), key)
+        if isinstance(default, list):
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise LatentDiffError(f"{key} must be a list of strings")
+            kwargs[key] = list(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise LatentDiffError(f"{key} must be true or false, got {value!r}")
+            kwargs[key] = value
+        else:
+            try:
+                kwargs[key] = type(default)(value) if value is not None else default
+            except (TypeError, ValueError):
+                raise LatentDiffError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
+    return LoraTrainConfig(**kwargs).check()
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> LoraTrainConfig:
+    """YAML recipe (optional) with command-line overrides on top."""
+    import yaml
+
+    values = {}
+    if path:
+        p = Path(path)
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise LatentDiffError(f"no such config file: {p}") from None
+        except (OSError, yaml.YAMLError) as e:
+            raise LatentDiffError(f"{p} is not a readable YAML file ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise LatentDiffError(f"{p} does not hold a YAML mapping")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from(values)
