@@ -215,3 +215,14 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
     assert losses[0] == pytest.approx(single[0], rel=1e-2)  # same init, same global batch split in halves
     assert losses[1] < losses[0] and single[1] < single[0]
     assert torch.load(tmp_path / "two" / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+
+
+def test_warmup_stable_decay_schedule():
+    """Warm-up, constant, then linear decay to 0 over the last steps; a pure function of the step, so --resume is exact."""
+    from latentdiff.training.train import _lr_lambda
+
+    f = _lr_lambda(10, 100, 20)
+    assert [f(s) for s in (0, 4, 9, 50, 79)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    assert [f(s) for s in (80, 90, 99, 100)] == [1.0, 0.5, 0.05, 0.0]
+    g = _lr_lambda(10)  # no decay: the old warm-up-then-constant schedule
+    assert g(5000) == 1.0 and g(4) == 0.5

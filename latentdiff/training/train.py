@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -88,6 +87,8 @@ class StageConfig:
     batch_size: int = 32                    # per process
     lr: float = 5e-4
     warmup_steps: int = 100                 # linear warm-up, then constant
+    decay_steps: int = 0                    # then linear decay to 0 over the last N steps (warmup-stable-decay,
+                                            # https://arxiv.org/abs/2404.06395): a run can be extended and still anneal
     weight_decay: float = 0.01
     max_steps: int = 1000
     grad_accum: int = 1
@@ -293,8 +294,14 @@ def load_checkpoint(folder: Path, arch: dict, model: nn.Module, ema: EMA, optimi
     return state["step"]
 
 
-def _lr_lambda(warmup: int):
-    return lambda s: min(1.0, (s + 1) / max(1, warmup))
+def _lr_lambda(warmup: int, total: int = 0, decay: int = 0):
+    """LR factor at optimizer step s: linear warm-up, constant, then linear decay to 0 over the last `decay` of `total`."""
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / max(1, warmup))
+        if decay > 0 and s >= total - decay:
+            f *= max(0.0, (total - s) / decay)
+        return f
+    return factor
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------------
@@ -319,7 +326,9 @@ class _Loop:
             raise LatentDiffError(f"{self.dir / 'checkpoint'} already holds a checkpoint; pass --resume or use another output_dir")
         for group in opt.param_groups:
             group.setdefault("initial_lr", sc.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(sc.warmup_steps * sc.grad_accum), last_epoch=self.step * sc.grad_accum - 1)
+        k = sc.grad_accum  # the scheduler counts optimizer micro-steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(sc.warmup_steps * k, sc.max_steps * k, sc.decay_steps * k),
+                                                  last_epoch=self.step * k - 1)
         self.raw = model
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
         self.log = CSVLog(self.dir / "loss.csv", ["step", "loss", "lr", "seconds", "samples_per_s"]) if self.acc.is_main_process else None
