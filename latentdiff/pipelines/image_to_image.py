@@ -86,7 +86,7 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
     context = pipe.encode_text(req.prompts, req.negatives, guidance_scale > 1.0, clip_skip)
-    model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale)
+    model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
     init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, pipe.dtype)  # first draw of each generator

@@ -97,12 +97,12 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     if mode == "concat":
         masked_latents = vae_encode(pipe.vae, masked_pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
         cond = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 1 + C, h, w)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, extra_channels=cond)
+        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
         on_step = None
     else:
         for g in gens:  # diffusers encodes the masked image here too (unused for 4 channels): make the same draw
             torch.randn(shape[1:], generator=g)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale)
+        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
 
         def on_step(i: int, t, x: torch.Tensor) -> torch.Tensor:
             """Put back the known region, noised to the level of the next step (clean after the last)."""

@@ -212,7 +212,7 @@ class LatentDiffusionPipeline:
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context = self.encode_text(prompts, negatives, guidance_scale > 1.0, clip_skip)
-        model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale)
+        model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress)

@@ -17,6 +17,8 @@ class LossConfig:
     prediction_type: str = "epsilon"    # "epsilon" or "v_prediction" (Salimans & Ho 2022, https://arxiv.org/abs/2202.00512)
     min_snr_gamma: float = 0.0          # 0 = off; 5 is typical (Hang et al. 2023, https://arxiv.org/abs/2303.09556)
     noise_offset: float = 0.0           # 0 = off; ~0.05 (https://www.crosslabs.org/blog/diffusion-with-offset-noise)
+    self_condition_prob: float = 0.0    # >0: with this probability per batch the model first estimates x0 (no grad)
+                                        # and is fed it (Chen et al. 2022, https://arxiv.org/abs/2208.04202); else zeros
 
 
 class DiffusionLoss:
@@ -47,6 +49,13 @@ class DiffusionLoss:
         a, s = self._coefs(t, x0)
         return a * noise - s * x0  # v = √ᾱ ε − √(1-ᾱ) x0
 
+    def x0_from(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The x0 estimate a prediction implies: ε: (x_t − √(1−ᾱ) ε)/√ᾱ; v: √ᾱ x_t − √(1−ᾱ) v."""
+        a, s = self._coefs(t, x_t)
+        if self.config.prediction_type == "epsilon":
+            return (x_t - s * pred) / a
+        return a * x_t - s * pred
+
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights: min-SNR-γ when on, else ones. (B,)"""
         if not self.config.min_snr_gamma:
@@ -64,6 +73,14 @@ class DiffusionLoss:
             noise = noise + self.config.noise_offset * torch.randn((b, x0.shape[1], 1, 1), generator=generator,
                                                                    device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=x0.device)
-        pred = model(self.add_noise(x0, noise, t), t, context)
+        x_t = self.add_noise(x0, noise, t)
+        if self.config.self_condition_prob > 0:  # model(x_t, t, context, x_self_cond=...) then
+            x_self_cond = torch.zeros_like(x0)
+            if torch.rand((), generator=generator, device=x0.device).item() < self.config.self_condition_prob:
+                with torch.no_grad():
+                    x_self_cond = self.x0_from(x_t, model(x_t, t, context, x_self_cond=x_self_cond).to(x0.dtype), t)
+            pred = model(x_t, t, context, x_self_cond=x_self_cond)
+        else:
+            pred = model(x_t, t, context)
         per_sample = F.mse_loss(pred.float(), self.target(x0, noise, t).float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
         return (per_sample * self.weights(t)).mean()

@@ -200,9 +200,10 @@ class Denoiser(nn.Module):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
 
-    def forward(self, latents: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, input_ids: torch.Tensor,
+                x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
         context = self.text_encoder(input_ids)[0]  # (B, 77, D)
-        return self.unet(latents, t, context)
+        return self.unet(latents, t, context, x_self_cond=x_self_cond)
 
 
 class VAETrainee(nn.Module):
@@ -568,7 +569,8 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     ucfg = cfg.unet_config()
     model = Denoiser(UNet(ucfg), build_text_encoder(cfg.text_encoder))
     loop = _Loop(cfg, "unet", sc, model, _unet_arch(cfg), resume, progress)
-    objective = DiffusionLoss(SCHEDULER, LossConfig(prediction_type="epsilon", min_snr_gamma=sc.min_snr_gamma))
+    objective = DiffusionLoss(SCHEDULER, LossConfig(prediction_type="epsilon", min_snr_gamma=sc.min_snr_gamma,
+                                                    self_condition_prob=0.5 if ucfg.self_condition else 0.0))
 
     def loss_fn(step: int, micro: int) -> torch.Tensor:
         s = step * sc.grad_accum + micro
@@ -580,7 +582,7 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
         z = (m[:, :c] + m[:, c:] * torch.randn(m[:, :c].shape, generator=g)) * scale  # (b, C, h, w) posterior sample
         ids = tokenize(tokenizer, captions_for(cache.records, idx, captions, cfg.seed, s)).to(loop.acc.device)
         with loop.acc.autocast():
-            return objective(lambda x, t, ctx: loop.model(x, t, ctx), z.to(loop.acc.device), ids, generator=g)
+            return objective(lambda x, t, ctx, **kw: loop.model(x, t, ctx, **kw), z.to(loop.acc.device), ids, generator=g)
 
     def ema_components():
         m = Denoiser(UNet(ucfg), build_text_encoder(cfg.text_encoder))
