@@ -53,10 +53,23 @@ def _peak_mb(row: dict):
 
 
 def loaded(result: dict) -> bool:
-    """True when the load average says other work shared the cores (timings contaminated)."""
+    """True when the load average says other work shared the cores (timings contaminated).
+
+    The load after the run counts the benchmark's own threads, which are subtracted; the load before it decays over
+    a minute, so it is used only when no load after was recorded.
+    """
     m = result["machine"]
-    loads = [x for x in (m.get("load_average") or [None])[:1] + (m.get("load_average_after") or [None])[:1] if x is not None]
-    return bool(loads) and max(loads) > 0.5 if m.get("device", "cpu") == "cpu" else False
+    if m.get("device", "cpu") != "cpu":
+        return False
+    after, before = (m.get("load_average_after") or [None])[0], (m.get("load_average") or [None])[0]
+    if after is not None:
+        return after - (m.get("threads") or 1) > 0.75
+    return before is not None and before > 0.75
+
+
+def _load(m: dict, key: str) -> str:
+    v = (m.get(key) or [None])[0]
+    return "?" if v is None else f"{v:.2f}"
 
 
 def section(name: str, result: dict) -> str:
@@ -67,9 +80,14 @@ def section(name: str, result: dict) -> str:
     native_bf16 = flags.get("avx512_bf16") or flags.get("amx_bf16")
     lines = [f"## {result.get('label') or name}", "",
              f"Raw results: [`results/{name}`](results/{name}); started {result.get('started')}, finished {result.get('finished')}.", ""]
+    if m.get("device", "cpu") == "cpu" and not loaded(result):
+        lines += [f"Load average (1 min, the benchmark's own {m.get('threads')} threads included) before/after: "
+                  f"{_load(m, 'load_average')} / {_load(m, 'load_average_after')}. Even so, the same U-Net step drifts by up "
+                  "to ~20 % between minutes on this VM (see the paired rows): trust the **paired** ratios, where A and B "
+                  "alternate step by step, over ratios of rows measured minutes apart.", ""]
     if loaded(result) or "smoke" in (result.get("label") or "").lower():
         lines += ["> **Not a result.** The load average before/after was "
-                  f"{m.get('load_average', ['?'])[0]} / {(m.get('load_average_after') or ['?'])[0]} on {m.get('cpu_count')} cores: "
+                  f"{_load(m, 'load_average')} / {_load(m, 'load_average_after')} on {m.get('cpu_count')} cores: "
                   "other jobs shared the CPU, so these timings prove that the harness runs end to end and nothing more. "
                   "Repeat on an idle machine.", ""]
     device = m.get("gpu") or m.get("cpu")
