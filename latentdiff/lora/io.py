@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
+from ..fileio import publish
 from ..training.checkpointing import save_safetensors
 from .formats import LoraState, read_state, to_kohya, to_peft
 
@@ -126,9 +127,7 @@ def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft"
     else:
         tensors = to_kohya(state)
     path = save_safetensors(tensors, path, metadata=header)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # a file to share: the usual mode, not the 0600 of the temp file it was written as
+    publish(path)  # a file to share: the usual mode, not the 0600 of the temp file it was written as
     return path
 
 
