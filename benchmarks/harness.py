@@ -554,19 +554,10 @@ def run(s: BenchSettings, out: str | os.PathLike | None = None) -> dict:
 
 
 def write_json(result: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically (latentdiff.fileio.atomic_write: a temp file in the same folder, then os.replace)."""
+    from latentdiff.fileio import atomic_write
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
 
 
 def settings_from_args(a: argparse.Namespace) -> BenchSettings:

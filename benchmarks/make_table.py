@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -205,15 +204,9 @@ def write_table(path: str | os.PathLike = TABLE, results_dir: str | os.PathLike 
         text = head + render(results_dir) + rest.split(END, 1)[1].lstrip("\n")
     else:
         text = old.rstrip() + "\n\n" + render(results_dir)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from latentdiff.fileio import atomic_write
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatentDiffError
-from ..fileio import publish
+from ..fileio import atomic_write
 from . import ldm_keys as K
 from .configs import ASSETS_DIR, preset_path, read_preset, read_yaml
 
@@ -332,13 +331,4 @@ def write_single_file(path: str | os.PathLike, *, kind: str, unet_state: Mapping
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """save_file into a temporary file in the same folder, then rename it over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
