@@ -226,3 +226,51 @@ def test_warmup_stable_decay_schedule():
     assert [f(s) for s in (80, 90, 99, 100)] == [1.0, 0.5, 0.05, 0.0]
     g = _lr_lambda(10)  # no decay: the old warm-up-then-constant schedule
     assert g(5000) == 1.0 and g(4) == 0.5
+
+
+def test_max_minutes_stops_at_a_log_step_with_a_checkpoint(shapes, tmp_path):
+    """A time budget ends the stage early: the last step is a log step, checkpointed, and --resume goes on from it."""
+    from latentdiff.training.train import load_config, train_vae
+
+    cfg = load_config(write_config(tmp_path / "t.yaml", shapes, tmp_path / "out", **{
+        "train_vae.max_steps": 1000, "train_vae.max_minutes": 1e-6, "train_vae.log_every": 3, "train_vae.sample_every": 0}))
+    losses = train_vae(cfg, progress=False)
+    assert len(losses) == 1  # stopped at the first log step, step 3
+    state = torch.load(tmp_path / "out" / "vae" / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 3
+    rows = (tmp_path / "out" / "vae" / "loss.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "3"]
+    assert len(train_vae(cfg, resume=True, progress=False)) == 1  # each run gets its own budget: steps 4–6
+    assert torch.load(tmp_path / "out" / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 6
+
+
+def test_token_cache_matches_the_tokenizer():
+    """Memoised ids are the tokenizer's ids, in the batch's order, repeats included."""
+    from latentdiff.checkpoints.loader import load_tokenizer
+    from latentdiff.training.train import TokenCache, tokenize
+
+    tok = load_tokenizer(None, "sd1")
+    cache = TokenCache(tok)
+    batch = ["a 3d emoji of a cat", "", "rocket", "a 3d emoji of a cat"]
+    assert torch.equal(cache(batch), tokenize(tok, batch))
+    assert torch.equal(cache(["rocket", "sun"]), tokenize(tok, ["rocket", "sun"]))
+    assert len(cache.ids) == 4
+
+
+def test_ema_update_and_move():
+    """θ_ema ← dθ_ema + (1−d)θ on every floating tensor (warm-up decay 1/10 at step 0), and .to() keeps the values."""
+    from latentdiff.training.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.to("cpu").update(model)
+    d = 1 / 10
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ema.shadow[k], d * before[k] + (1 - d) * v.float())
+    assert "1.num_batches_tracked" not in ema.shadow

@@ -16,7 +16,7 @@ from ..errors import LatentDiffError
 
 def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write tensors as safetensors atomically (contiguous, detached copies)."""
-    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

@@ -23,10 +23,15 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the shadow weights toward the model's current weights."""
         d = self.current_decay()
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].lerp_(v.detach().float(), 1.0 - d)
+        state = model.state_dict()
+        keys = [k for k in self.shadow if k in state]
+        torch._foreach_lerp_([self.shadow[k] for k in keys], [state[k].detach().float() for k in keys], 1.0 - d)  # one launch group on GPU
         self.step += 1
+
+    def to(self, device: torch.device | str) -> "EMA":
+        """Keep the shadow weights beside the model's (the update reads both)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
+        return self
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

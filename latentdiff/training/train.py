@@ -91,6 +91,8 @@ class StageConfig:
                                             # https://arxiv.org/abs/2404.06395): a run can be extended and still anneal
     weight_decay: float = 0.01
     max_steps: int = 1000
+    max_minutes: float = 0.0                # >0: also stop (with a checkpoint) after this many minutes of this run; write
+                                            # the step reached into max_steps to reproduce the run on any machine
     grad_accum: int = 1
     mixed_precision: str = "no"             # "no", "bf16", "fp16" (accelerate)
     ema_decay: float = 0.999
@@ -245,11 +247,12 @@ class PixelCache:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, seed: int, step: int, global_batch: int, rank: int, world: int) -> tuple[torch.Tensor, list[int]]:
-        """This process's slice of step's batch: pixels in [-1, 1] (b, 3, R, R) and their indices."""
+    def batch(self, seed: int, step: int, global_batch: int, rank: int, world: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[int]]:
+        """This process's slice of step's batch: pixels in [-1, 1] (b, 3, R, R) on device, and their indices."""
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(self.images), (global_batch,), generator=g)[rank::world].tolist()
-        return self.images[idx].float() / 127.5 - 1.0, idx
+        return self.images[idx].to(device).float() / 127.5 - 1.0, idx  # uint8 crosses to the device: 4× fewer bytes
 
 
 def _cache_key(data: DataConfig) -> str:
@@ -264,6 +267,19 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     """(B, 77) ids padded as the pipeline pads at inference."""
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
+
+
+class TokenCache:
+    """tokenize() with a memory: the caption space (labels × templates + tags) is finite, so each caption is tokenized once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids = tokenizer, {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        new = sorted({c for c in captions if c not in self.ids})
+        if new:
+            self.ids.update(zip(new, tokenize(self.tokenizer, new)))
+        return torch.stack([self.ids[c] for c in captions])  # (B, 77)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------------------------
@@ -332,6 +348,9 @@ class _Loop:
                                                   last_epoch=self.step * k - 1)
         self.raw = model
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
+        self.ema.to(self.acc.device)
+        if self.acc.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (norms, EMA) on tensor cores
         self.log = CSVLog(self.dir / "loss.csv", ["step", "loss", "lr", "seconds", "samples_per_s"]) if self.acc.is_main_process else None
         self.tb = None
         if self.acc.is_main_process:
@@ -345,10 +364,12 @@ class _Loop:
         """Train to max_steps; loss_fn(step, micro) → scalar loss. Returns the logged losses."""
         sc, acc = self.sc, self.acc
         losses, window, t0, last_t = [], [], time.time(), time.time()
+        deadline = t0 + sc.max_minutes * 60 if sc.max_minutes > 0 else math.inf
         bar = tqdm(total=sc.max_steps, initial=self.step, desc=f"train {self.stage}", unit="step",
                    disable=not (self.progress and acc.is_main_process))
         self.model.train()
-        while self.step < sc.max_steps:
+        stop = sc.max_steps
+        while self.step < stop:
             for micro in range(sc.grad_accum):
                 with acc.accumulate(self.model):
                     loss = loss_fn(self.step, micro)
@@ -358,13 +379,17 @@ class _Loop:
                     self.opt.step()
                     self.sched.step()
                     self.opt.zero_grad(set_to_none=True)
-                window.append(loss.detach().float().item())
+                window.append(loss.detach().float())  # read at log time: no device sync per step
             self.ema.update(acc.unwrap_model(self.model))
             self.step += 1
             bar.update(1)
-            if self.step % sc.log_every == 0 or self.step == sc.max_steps:
-                mean = sum(window) / len(window)
-                mean = acc.gather(torch.tensor([mean], device=acc.device)).mean().item()
+            if deadline < math.inf and self.step % sc.log_every == 0 and stop == sc.max_steps:
+                late = torch.tensor([float(time.time() > deadline)], device=acc.device)
+                if acc.gather(late).max().item() > 0:  # all processes agree on the last step
+                    stop = self.step  # out of time: this step is the last (checkpoint and samples below)
+                    log.warning("%s: max_minutes=%g reached at step %d", self.stage, sc.max_minutes, self.step)
+            if self.step % sc.log_every == 0 or self.step == stop:
+                mean = acc.gather(torch.stack(window).mean().reshape(1)).mean().item()
                 now = time.time()
                 rate = len(window) / sc.grad_accum * sc.batch_size * acc.num_processes * sc.grad_accum / max(now - last_t, 1e-9)
                 losses.append(mean)
@@ -375,13 +400,13 @@ class _Loop:
                                    seconds=f"{now - t0:.1f}", samples_per_s=f"{rate:.2f}")
                 if self.tb:
                     self.tb.add_scalar(f"{self.stage}/loss", mean, self.step)
-            if self.step % sc.checkpoint_every == 0 or self.step == sc.max_steps:
+            if self.step % sc.checkpoint_every == 0 or self.step == stop:
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     save_checkpoint(self.dir / "checkpoint", self.arch, acc.unwrap_model(self.model), self.ema, self.opt, self.step)
                     if on_checkpoint:
                         on_checkpoint(self.step)
-            if acc.is_main_process and sc.sample_every and (self.step % sc.sample_every == 0 or self.step == sc.max_steps):
+            if acc.is_main_process and sc.sample_every and (self.step % sc.sample_every == 0 or self.step == stop):
                 on_sample(self.step)
         bar.close()
         acc.wait_for_everyone()
@@ -419,8 +444,7 @@ def train_vae(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) 
 
     def loss_fn(step: int, micro: int) -> torch.Tensor:
         x, _ = cache.batch(cfg.seed, step * sc.grad_accum + micro, sc.batch_size * loop.acc.num_processes,
-                           loop.acc.process_index, loop.acc.num_processes)
-        x = x.to(loop.acc.device)  # (b, 3, R, R)
+                           loop.acc.process_index, loop.acc.num_processes, loop.acc.device)  # (b, 3, R, R)
         with loop.acc.autocast():
             y, kl = loop.model(x)
         y = y.float()
@@ -457,8 +481,9 @@ def load_trained_vae(cfg: TrainConfig, *, decoder: bool = True):
 
 
 @torch.no_grad()
-def encode_latents(cfg: TrainConfig, cache: PixelCache, vae, progress: bool = True) -> tuple[torch.Tensor, float]:
-    """Posterior mean and std of every image (N, 2C, h, w), cached to disk, and the scaling factor 1/std(z)."""
+def encode_latents(cfg: TrainConfig, cache: PixelCache, vae, progress: bool = True,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
+    """Posterior mean and std of every image (N, 2C, h, w) on the CPU, cached to disk, and the scaling factor 1/std(z)."""
     path = Path(cfg.output_dir) / "unet" / "latents.pt"
     stamp = (Path(cfg.output_dir) / "vae" / "checkpoint" / "state.pt").stat().st_mtime_ns
     if path.is_file():
@@ -467,9 +492,9 @@ def encode_latents(cfg: TrainConfig, cache: PixelCache, vae, progress: bool = Tr
             return blob["moments"], blob["scale"]
     out = []
     for i in tqdm(range(0, len(cache), 64), desc="encode latents", disable=None if progress else True):
-        x = cache.images[i:i + 64].float() / 127.5 - 1.0
-        d = vae.encode(x).latent_dist
-        out.append(torch.cat([d.mean, d.std], dim=1))  # (b, 2C, h, w)
+        x = cache.images[i:i + 64].to(device).float() / 127.5 - 1.0
+        d = vae.to(device).encode(x).latent_dist
+        out.append(torch.cat([d.mean, d.std], dim=1).cpu())  # (b, 2C, h, w)
     moments = torch.cat(out)
     c = moments.shape[1] // 2
     scale = 1.0 / moments[:, :c].std().item()  # the mean's spread; the posterior noise is small next to it
@@ -499,7 +524,7 @@ def train_decoder(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tr
     sc, vc = cfg.train_decoder, cfg.vae
     cache = PixelCache.load_or_build(cfg.data, Path(cfg.output_dir) / f"pixels-{cfg.data.resolution}.pt", progress)
     vae = load_trained_vae(cfg, decoder=False)
-    moments, _ = encode_latents(cfg, cache, vae, progress)
+    moments, _ = encode_latents(cfg, cache, vae, progress, "cuda" if torch.cuda.is_available() else "cpu")
     c = moments.shape[1] // 2
     model = DecoderTrainee(vae)
     loop = _Loop(cfg, "decoder", sc, model, _vae_arch(cfg), resume, progress)
@@ -546,7 +571,7 @@ def sample_grid(components, prompts: list[str], path: Path, *, steps: int = 20, 
     """Generate one image per prompt with the pipeline and save them side by side."""
     from ..pipelines.text_to_image import LatentDiffusionPipeline
 
-    pipe = LatentDiffusionPipeline(components, device="cpu", dtype=torch.float32)
+    pipe = LatentDiffusionPipeline(components, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
     out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, sampler="dpmpp_2m", seed=seed, progress=False)
     import numpy as np
 
@@ -561,9 +586,9 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     sc = cfg.train_unet
     cache = PixelCache.load_or_build(cfg.data, Path(cfg.output_dir) / f"pixels-{cfg.data.resolution}.pt", progress)
     vae = load_trained_vae(cfg)
-    moments, scale = encode_latents(cfg, cache, vae, progress)
+    moments, scale = encode_latents(cfg, cache, vae, progress, "cuda" if torch.cuda.is_available() else "cpu")
     c = moments.shape[1] // 2
-    tokenizer = load_tokenizer(None, "sd1")
+    tokens = TokenCache(load_tokenizer(None, "sd1"))
     captions = CaptionSampler(EMOJI_TEMPLATES if cfg.data.templates == "emoji" else ("{}",), p_drop=cfg.data.caption_dropout)
     torch.manual_seed(cfg.seed)
     ucfg = cfg.unet_config()
@@ -572,17 +597,20 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     objective = DiffusionLoss(SCHEDULER, LossConfig(prediction_type="epsilon", min_snr_gamma=sc.min_snr_gamma,
                                                     self_condition_prob=0.5 if ucfg.self_condition else 0.0))
 
+    dev = loop.acc.device
+    moments = moments.to(dev)  # (N, 2C, h, w), small: the whole latent set lives beside the model
+
     def loss_fn(step: int, micro: int) -> torch.Tensor:
         s = step * sc.grad_accum + micro
-        g = torch.Generator().manual_seed(cfg.seed * 7919 + s * 4099 + loop.acc.process_index)
+        g = torch.Generator(dev).manual_seed(cfg.seed * 7919 + s * 4099 + loop.acc.process_index)
         b = sc.batch_size * loop.acc.num_processes
         idx = torch.randint(len(cache), (b,), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + s))
-        idx = idx[loop.acc.process_index::loop.acc.num_processes].tolist()
-        m = moments[idx]
-        z = (m[:, :c] + m[:, c:] * torch.randn(m[:, :c].shape, generator=g)) * scale  # (b, C, h, w) posterior sample
-        ids = tokenize(tokenizer, captions_for(cache.records, idx, captions, cfg.seed, s)).to(loop.acc.device)
+        idx = idx[loop.acc.process_index::loop.acc.num_processes]
+        m = moments[idx.to(dev)]
+        z = (m[:, :c] + m[:, c:] * torch.randn(m[:, :c].shape, generator=g, device=dev)) * scale  # (b, C, h, w) posterior sample
+        ids = tokens(captions_for(cache.records, idx.tolist(), captions, cfg.seed, s)).to(dev)
         with loop.acc.autocast():
-            return objective(lambda x, t, ctx, **kw: loop.model(x, t, ctx, **kw), z.to(loop.acc.device), ids, generator=g)
+            return objective(lambda x, t, ctx, **kw: loop.model(x, t, ctx, **kw), z, ids, generator=g)
 
     def ema_components():
         m = Denoiser(UNet(ucfg), build_text_encoder(cfg.text_encoder))
