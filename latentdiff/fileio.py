@@ -1,9 +1,12 @@
-"""Atomic file writes: a temp file in the target folder, published with the normal mode, then renamed over the target."""
+"""Atomic writes: a temp file (or folder) beside the target, published with the normal mode, then renamed over it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,3 +31,29 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, *, prefix: str = "") -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; if the block succeeds it takes `path`'s place, else it is deleted.
+
+    An old folder or file at `path` is renamed aside first and removed after the swap, so `path` is never half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{prefix}"))
+    try:
+        yield tmp
+        publish(tmp)
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+        if path.exists() or path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
-from latentdiff.fileio import publish
+from latentdiff.fileio import atomic_folder
 from latentdiff.training.data import WHITE, flatten_alpha
 
 IMAGES_PACKAGE = ("@lobehub/fluent-emoji-3d", "1.1.0", "lobehub-fluent-emoji-3d")
@@ -240,19 +240,13 @@ def build_emoji_dataset(
 
     with _open_tar(labels_tgz) as tar:
         index = emojibase_index(_read_json(tar, "package/en/data.json"), _read_json(tar, "package/meta/groups.json"))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
-    try:
+    with atomic_folder(out_dir, prefix="building-") as tmp:
         report = _write_dataset(images_tgz, index, tmp, size, background, progress)
         (tmp / "SOURCES.txt").write_text(
             f"Images: npm {IMAGES_PACKAGE[0]}@{IMAGES_PACKAGE[1]} ({images_tgz.name}), MIT, Microsoft Fluent Emoji.\n"
             f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
             f"Built by latentdiff.training.emoji: {size}x{size} PNG on background {background}; "
             f"hold-out = sha256(base codepoints) % {HOLDOUT_MODULUS} == 0.\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report.out_dir = out_dir
     return report
 
@@ -323,16 +317,3 @@ def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, siz
     report.labels_without_image = sum(1 for k in index if k not in by_key)
     return report
 
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move a finished build into place, replacing an empty or (when allowed) existing folder."""
-    publish(new)
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        new.rename(target)

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -31,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..fileio import publish
+from ..fileio import atomic_folder
 from ..errors import LatentDiffError
 from .cache import TensorCache, module_fingerprint
 from .checkpointing import CSVLog, check_same_architecture, load_training_state, save_training_state, write_json
@@ -371,20 +369,12 @@ class LoraTrainer:
         root = self.out / "checkpoints"
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{step:06d}"
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-        try:
+        with atomic_folder(final) as tmp:
             self.save_files(tmp, step, ["peft"])
             scaler = getattr(self.acc, "scaler", None)
             save_training_state(tmp / "state.pt", {
                 "step": step, "arch": self.arch(), "config": asdict(self.cfg), "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None})
-            if final.exists():
-                shutil.rmtree(final)
-            publish(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         done = sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
         for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
