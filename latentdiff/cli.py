@@ -57,11 +57,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 25)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's generation_config.json, else 25)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's generation_config.json, else 7.5)")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ (0.7 for v-prediction)")
     p.add_argument("--clip-skip", type=int, default=0, help="use the n-th last CLIP layer")
-    p.add_argument("--sampler", default=None, help="dpmpp_2m (default), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
+    p.add_argument("--sampler", default=None, help="dpmpp_2m (default, unless the model's generation_config.json says otherwise), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the PNG)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
@@ -131,11 +132,12 @@ def check_request(p, num: int) -> None:
 
     if p.width is not None or p.height is not None:
         check_size(p.width or 8, p.height or 8)
-    if p.steps <= 0:
+    if p.steps is not None and p.steps <= 0:  # None: the model's default, checked when it loads
         raise LatentDiffError(f"steps must be a positive integer, got {p.steps}")
     if num <= 0:
         raise LatentDiffError(f"--num must be positive, got {num}")
-    check_sampler(p.sampler)
+    if p.sampler is not None:
+        check_sampler(p.sampler)
 
 
 def cmd_generate(args) -> int:
@@ -149,9 +151,8 @@ def cmd_generate(args) -> int:
     else:
         if args.prompt is None:
             raise LatentDiffError("give a prompt (\"\" for unconditional) or --replay IMAGE.png")
-        p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,
-                             steps=25 if args.steps is None else args.steps,
-                             sampler=args.sampler or "dpmpp_2m", guidance_scale=7.5 if args.guidance is None else args.guidance,
+        p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,  # None: the model's default (pipe.sampling_settings)
+                             steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
                              seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
                              clip_skip=args.clip_skip)
         model, loras = args.model, args.lora

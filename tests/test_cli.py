@@ -125,3 +125,47 @@ def test_unknown_architecture_message_names_what_was_found(capsys, tmp_path):
     save_file({"conditioner.embedders.0.weight": torch.zeros(2), "model.diffusion_model.x": torch.zeros(1)}, str(model))
     code, _, err = run(capsys, "info", model)
     assert code == 2 and "SDXL" in err
+
+
+def test_model_folder_generation_config_sets_the_defaults(capsys, tmp_path, tiny_sd1):
+    """A folder's generation_config.json replaces 25 steps / CFG 7.5 / dpmpp_2m; flags and API arguments still win."""
+    from latentdiff.checkpoints import load_components, save_diffusers_folder
+
+    tiny_sd1.generation = {"num_inference_steps": 2, "guidance_scale": 3.0, "sampler": "Euler a"}  # A1111's name is accepted
+    try:
+        folder = save_diffusers_folder(tiny_sd1, tmp_path / "model")
+    finally:
+        tiny_sd1.generation = {}
+    assert json.loads((folder / "generation_config.json").read_text())["sampler"] == "Euler a"
+    assert load_components(folder).generation == {"num_inference_steps": 2, "guidance_scale": 3.0, "sampler": "euler_a"}
+    out = tmp_path / "a.png"
+    assert run(capsys, "generate", "a cat", "--model", folder, "--out", out, "--seed", "1", "--dtype", "fp32")[0] == 0
+    assert read_png_params(out).to_a1111().splitlines()[1].startswith("Steps: 2, Sampler: Euler a, CFG scale: 3, Seed: 1")
+    assert run(capsys, "generate", "a cat", "--model", folder, "--out", out, "--steps", "3", "--guidance", "5",
+               "--sampler", "ddim", "--seed", "1", "--dtype", "fp32")[0] == 0
+    assert read_png_params(out).to_a1111().splitlines()[1].startswith("Steps: 3, Sampler: DDIM, CFG scale: 5")
+    pipe = LatentDiffusionPipeline.from_pretrained(folder, dtype="fp32")
+    assert pipe.sampling_settings(None, None, None) == (2, 3.0, "euler_a")
+    p = pipe("a cat", seed=1, guidance_scale=1.0, progress=False).params[0]
+    assert (p.steps, p.guidance_scale, p.sampler) == (2, 1.0, "euler_a")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"steps": 10}', "unknown key 'steps' (known: num_inference_steps, guidance_scale, sampler)"),
+    ('{"num_inference_steps": 0}', "num_inference_steps has a bad value 0"),
+    ('{"guidance_scale": "high"}', "guidance_scale has a bad value 'high'"),
+    ('{"sampler": "warp9"}', "unknown sampler 'warp9'"),
+    ('[10]', "expected a JSON object"),
+    ('{"num_inference_steps": 10', "is not valid JSON"),
+])
+def test_bad_generation_config_is_one_line(capsys, tmp_path, tiny_folder, content, message):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "generation_config.json").write_text(content)
+    out = tmp_path / "x.png"
+    code, _, err = run(capsys, "generate", "a cat", "--model", folder, "--out", out, "--seed", "1")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists()

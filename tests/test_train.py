@@ -133,6 +133,18 @@ def test_export_is_fp16_and_generates(tiny_run):
     assert pipe.unet.dtype == torch.float32
     image = pipe("red circle", num_inference_steps=4, seed=0, progress=False).images[0]
     assert image.size == (32, 32)  # the native size: 8×8 latents × 4
+    assert c.generation == {} and not (folder / "generation_config.json").exists()
+
+
+def test_export_writes_the_configs_sampling_defaults(tiny_run, shapes):
+    from latentdiff.checkpoints import load_components
+    from latentdiff.training.train import export, load_config
+
+    base = tiny_run["base"]
+    cfg = load_config(write_config(base / "gen.yaml", shapes, tiny_run["cfg"].output_dir,
+                                   generation={"num_inference_steps": 10, "guidance_scale": 3, "sampler": "DPM++ 2M"}))
+    folder = export(cfg, base / "with-defaults")
+    assert load_components(folder).generation == {"num_inference_steps": 10, "guidance_scale": 3, "sampler": "dpmpp_2m"}
 
 
 def test_resume_continues_and_refuses_other_architecture(tiny_run, shapes):
@@ -155,6 +167,7 @@ def test_resume_continues_and_refuses_other_architecture(tiny_run, shapes):
     ({"train_vae.lr_warmup": 5}, "unknown config key train_vae.lr_warmup"),
     ({"unet.channels": [8, 16]}, "unknown config key unet.channels"),
     ({"data.split": "test"}, "data.split must be 'train' or 'all'"),
+    ({"generation": {"steps": 10}}, "generation: unknown key 'steps'"),
 ])
 def test_config_errors_name_the_key(tmp_path, shapes, changes, message):
     from latentdiff.training.train import load_config

@@ -1,7 +1,7 @@
 """The sample grid of the README and the model card: held-out and everyday prompts drawn by the embedded model.
 
 Run:  python benchmarks/default_model/grid.py [--out docs/images/default-grid.png]
-Uses the CLI defaults (dpmpp_2m, 25 steps, guidance 7.5) and seeds 0..N-1; writes a labelled PNG grid.
+Uses the model's sampling defaults (its generation_config.json, as `generate` does) and seeds 0..N-1; writes a labelled PNG grid.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscale of each 64² tile for viewing")
     args = ap.parse_args()
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
-    out = pipe(PROMPTS, num_inference_steps=25, guidance_scale=7.5, sampler="dpmpp_2m", seed=0, num_images=args.per_prompt,
+    out = pipe(PROMPTS, seed=0, num_images=args.per_prompt,
                progress=False)
     side = out.images[0].width * args.scale
     label_w = 150

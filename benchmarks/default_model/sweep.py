@@ -32,7 +32,10 @@ def main() -> None:
     ap.add_argument("--work", default="runs/eval")
     ap.add_argument("--out", default=str(Path(__file__).with_name("sweep.json")))
     ap.add_argument("--per-prompt", type=int, default=1)
+    ap.add_argument("--settings", default="", help="SAMPLER:STEPS:GUIDANCE,... instead of the built-in list")
+    ap.add_argument("--append", action="store_true", help="add the rows to --out (a row of the same setting is replaced)")
     args = ap.parse_args()
+    settings = [(a, int(b), float(c)) for a, b, c in (x.split(":") for x in args.settings.split(","))] if args.settings else SETTINGS
     torch.set_num_threads(1)  # on a shared, loaded 2-core machine one thread per process is faster (OpenMP waits)
     pipe = LatentDiffusionPipeline.from_pretrained(args.model, device="cpu", dtype=torch.float32)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -40,12 +43,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cache = load_real(args.data, side, work)
     judge = get_judge(cache, work / f"judge-{side}.safetensors")
+    old = json.loads(Path(args.out).read_text())["rows"] if args.append and Path(args.out).is_file() else []
     rows = []
-    for sampler, steps, guidance in SETTINGS:
+    for sampler, steps, guidance in settings:
         r = evaluate(pipe, cache, judge, steps=steps, sampler=sampler, guidance=guidance, per_prompt=args.per_prompt, progress=False)
         rows.append({**asdict(r), "seconds_per_image": r.seconds / r.images})
         print(f"{sampler:9s} {steps:3d} steps  g {guidance:4.1f}: FD {r.fd_generated:7.2f}  subgroup acc {r.acc_subgroup_generated:.3f}  "
               f"group acc {r.acc_group_generated:.3f}  {r.seconds / r.images * 1000:.0f} ms/image", flush=True)
+    key = lambda r: (r["sampler"], r["steps"], r["guidance"])  # noqa: E731
+    rows = [r for r in old if key(r) not in {key(n) for n in rows}] + rows
     Path(args.out).write_text(json.dumps({"model": args.model, "machine": platform.processor() or platform.machine(),
                                           "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%d %H:%M"),
                                           "rows": rows}, indent=2))

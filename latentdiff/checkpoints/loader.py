@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatentDiffError
-from ..fileio import publish
+from ..fileio import atomic_folder
 from ..models.unet import UNet, UNetConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -34,10 +32,39 @@ class Components:
     source: str = ""                       # the path it came from
     single_file: bool = False
     extra: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)  # the model's own sampling defaults (generation_config.json)
 
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", "epsilon")
+
+
+# What `generate` uses where neither the caller nor the model says otherwise (diffusers' and A1111's usual choices).
+SAMPLING_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 7.5, "sampler": "dpmpp_2m"}
+GENERATION_CONFIG = "generation_config.json"  # in a model folder: its measured best settings, a subset of SAMPLING_DEFAULTS' keys
+
+
+def read_generation_config(path: Path) -> dict:
+    """A folder's generation_config.json, checked ({} when absent)."""
+    return check_generation_config(_read_json(path), str(path)) if path.is_file() else {}
+
+
+def check_generation_config(config: object, where: str) -> dict:
+    """Sampling defaults checked key by key; one-line error naming a bad entry. Sampler display names are normalised."""
+    if not isinstance(config, dict):
+        raise LatentDiffError(f"{where}: expected a JSON object")
+    types = {"num_inference_steps": int, "guidance_scale": (int, float), "sampler": str}
+    for key, value in config.items():
+        if key not in types:
+            raise LatentDiffError(f"{where}: unknown key {key!r} (known: {', '.join(types)})")
+        if not isinstance(value, types[key]) or isinstance(value, bool) or (key == "num_inference_steps" and value <= 0):
+            raise LatentDiffError(f"{where}: {key} has a bad value {value!r}")
+    config = dict(config)
+    if "sampler" in config:
+        from ..pipelines.samplers import check_sampler
+
+        config["sampler"] = check_sampler(config["sampler"])
+    return config
 
 
 def build_unet(config: UNetConfig, state: dict[str, torch.Tensor], source: str) -> UNet:
@@ -136,7 +163,8 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
     if prediction_type:
         scheduler_config["prediction_type"] = prediction_type
-    return Components(unet, vae.eval(), text_encoder.eval(), tokenizer, scheduler_config, kind=kind, source=str(path))
+    return Components(unet, vae.eval(), text_encoder.eval(), tokenizer, scheduler_config, kind=kind, source=str(path),
+                      generation=read_generation_config(path / GENERATION_CONFIG))
 
 
 def load_single_file(path: Path, *, allow_pickle: bool = False, prediction_type: str | None = None) -> Components:
@@ -212,9 +240,7 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
     import diffusers
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_folder(path) as tmp:
         (tmp / "unet").mkdir()
         (tmp / "unet" / "config.json").write_text(json.dumps(c.unet.config.to_folder_config(), indent=2))
         save_file({k: v.contiguous() for k, v in c.unet.state_dict().items()}, str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -231,11 +257,6 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
                  "scheduler": ["diffusers", sched["_class_name"]], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "requires_safety_checker": False}
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        publish(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if c.generation:
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(c.generation, indent=2))
     return path

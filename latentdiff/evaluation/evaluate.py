@@ -104,8 +104,8 @@ def main_eval(args) -> int:
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     cache = load_real(args.data, side, work)
     judge = get_judge(cache, Path(args.judge) if args.judge else work / f"judge-{side}.safetensors")
-    r = evaluate(pipe, cache, judge, steps=args.steps or 25, sampler=args.sampler or "dpmpp_2m",
-                 guidance=7.5 if args.guidance is None else args.guidance, per_prompt=args.per_prompt, seed=args.seed)
+    steps, guidance, sampler = pipe.sampling_settings(args.steps, args.guidance, args.sampler)  # the model's defaults
+    r = evaluate(pipe, cache, judge, steps=steps, sampler=sampler, guidance=guidance, per_prompt=args.per_prompt, seed=args.seed)
     print(f"held-out emoji        {r.held_out} ({r.images} generated, {r.sampler} {r.steps} steps, guidance {r.guidance})")
     print(f"subgroup accuracy     real {r.acc_subgroup_real:.3f}   generated {r.acc_subgroup_generated:.3f}   (chance {1 / len(judge.subgroups):.3f})")
     print(f"group accuracy        real {r.acc_group_real:.3f}   generated {r.acc_group_generated:.3f}   (chance {1 / len(judge.groups):.3f})")

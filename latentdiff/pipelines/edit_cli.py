@@ -43,8 +43,8 @@ def _sampling(args) -> SimpleNamespace:
     """The sampling settings with their defaults, checked before any model loads."""
     from ..cli import check_request
 
-    s = SimpleNamespace(steps=25 if args.steps is None else args.steps, sampler=args.sampler or "dpmpp_2m",
-                        guidance=7.5 if args.guidance is None else args.guidance, width=args.width, height=args.height)
+    s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
+                        width=args.width, height=args.height)
     check_request(s, args.num)
     return s
 

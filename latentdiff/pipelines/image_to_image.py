@@ -59,7 +59,7 @@ def check_plain_unet(pipe) -> None:
 
 @torch.no_grad()
 def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negative_prompt: str | list[str] = "", *,
-            strength: float = 0.75, num_inference_steps: int = 25, guidance_scale: float = 7.5, sampler: str = "dpmpp_2m",
+            strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
             guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
@@ -76,6 +76,7 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     from .text_to_image import PipelineOutput, check_size
 
     strength = check_strength(strength)
+    num_inference_steps, guidance_scale, sampler = pipe.sampling_settings(num_inference_steps, guidance_scale, sampler)
     req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
     check_plain_unet(pipe)
     init = image if isinstance(image, InputImage) else load_image(image, width, height, pipe.vae_scale_factor)

@@ -37,8 +37,8 @@ def unet_mode(pipe) -> str:
 @torch.no_grad()
 def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask: ImageInput | InputMask,
             negative_prompt: str | list[str] = "", *, strength: float = 1.0, mask_threshold: float = 0.5,
-            mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int = 25,
-            guidance_scale: float = 7.5, sampler: str = "dpmpp_2m", seed: int | None = None, width: int | None = None,
+            mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
+            guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
             progress: bool = True):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
@@ -60,6 +60,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     from .text_to_image import PipelineOutput, check_size
 
     strength = check_strength(strength)
+    num_inference_steps, guidance_scale, sampler = pipe.sampling_settings(num_inference_steps, guidance_scale, sampler)
     if mask_blur < 0:
         raise LatentDiffError(f"mask blur must be ≥ 0 pixels, got {mask_blur}")
     if mask_blur and not overlay_original:

@@ -182,8 +182,17 @@ class LatentDiffusionPipeline:
 
     # -- the call ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int = 25,
-                 guidance_scale: float = 7.5, sampler: str = "dpmpp_2m", seed: int | None = None, height: int | None = None,
+    def sampling_settings(self, num_inference_steps: int | None, guidance_scale: float | None,
+                          sampler: str | None) -> tuple[int, float, str]:
+        """Fill what the caller left None: the model's generation_config.json, else SAMPLING_DEFAULTS (25, 7.5, dpmpp_2m)."""
+        from ..checkpoints.loader import SAMPLING_DEFAULTS
+
+        d = {**SAMPLING_DEFAULTS, **self.components.generation}
+        return (d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+                d["guidance_scale"] if guidance_scale is None else guidance_scale, d["sampler"] if sampler is None else sampler)
+
+    def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
                  progress: bool = True) -> PipelineOutput:
         """Generate `num_images` images per prompt.
@@ -191,9 +200,10 @@ class LatentDiffusionPipeline:
         Args:
             prompt: text (or list of texts); "" is unconditional. Prompts over 75 tokens are chunked (see README).
             negative_prompt: text(s) guidance steers away from; "" is the unconditional embedding.
-            num_inference_steps: sampler steps (> 0).
-            guidance_scale: classifier-free guidance scale; ≤ 1 turns guidance off.
+            num_inference_steps: sampler steps (> 0). None: the model's default (sampling_settings).
+            guidance_scale: classifier-free guidance scale; ≤ 1 turns guidance off. None: the model's default.
             sampler: a name from `latentdiff.pipelines.samplers.SAMPLERS` (e.g. "dpmpp_2m", "euler_a", "ddim").
+                None: the model's default.
             seed: image i of prompt j uses seed + j·num_images + i; None picks a random seed.
             height, width: pixels, positive multiples of 8; default the model's native size.
             num_images: images per prompt.
@@ -202,6 +212,7 @@ class LatentDiffusionPipeline:
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
+        num_inference_steps, guidance_scale, sampler = self.sampling_settings(num_inference_steps, guidance_scale, sampler)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width

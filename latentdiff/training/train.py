@@ -117,6 +117,7 @@ class TrainConfig:
     train_unet: StageConfig = field(default_factory=StageConfig)
     train_decoder: StageConfig = field(default_factory=lambda: StageConfig(max_steps=0))  # 0 = skip the decoder stage
     sample_prompts: list[str] = field(default_factory=lambda: ["a cat in a spacesuit", "grinning face", "red apple", "rocket"])
+    generation: dict = field(default_factory=dict)          # the exported folder's generation_config.json (sampling defaults)
 
     def unet_config(self) -> UNetConfig:
         d = dict(self.unet)
@@ -171,6 +172,9 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raise LatentDiffError(f"data.resolution {cfg.data.resolution} is not divisible by the VAE's downsampling")
     if not cfg.data.root:
         raise LatentDiffError("config needs data.root (an image folder)")
+    from ..checkpoints.loader import check_generation_config
+
+    cfg.generation = check_generation_config(cfg.generation, "generation")  # fail before training, not at export
     cfg.data.root = str((path.parent / cfg.data.root) if not Path(cfg.data.root).is_absolute() and not Path(cfg.data.root).exists() else cfg.data.root)
     return cfg
 
@@ -628,6 +632,7 @@ def export(cfg: TrainConfig, out: str | os.PathLike | None = None, *, dtype: tor
     from safetensors.torch import load_file
 
     from ..checkpoints import save_diffusers_folder
+    from ..checkpoints.loader import check_generation_config
 
     folder = _ckpt_dir(cfg, "unet")
     if not (folder / "ema.safetensors").is_file():
@@ -638,6 +643,7 @@ def export(cfg: TrainConfig, out: str | os.PathLike | None = None, *, dtype: tor
     model = Denoiser(UNet(cfg.unet_config()), build_text_encoder(cfg.text_encoder))
     model.load_state_dict(load_file(str(folder / "ema.safetensors")), strict=False)
     comps = make_components(cfg, vae.to(dtype), model.unet.to(dtype), model.text_encoder.to(dtype), scale)
+    comps.generation = check_generation_config(cfg.generation, "generation")
     return save_diffusers_folder(comps, out or Path(cfg.output_dir) / "model")
 
 

@@ -20,7 +20,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("data", help="dataset folder (output of `latentdiff data emoji`)")
     e.add_argument("--model", default=None, help="model folder (default: the embedded model)")
     e.add_argument("--judge", default=None, help="judge file (trained on real images; built and cached if absent)")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default 25, as generate)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, as generate)")
     e.add_argument("--sampler", default=None)
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--per-prompt", type=int, default=2, help="images per held-out emoji")
