@@ -146,6 +146,10 @@ def cmd_generate(args) -> int:
 
     if args.replay:
         p = read_png_params(args.replay)
+        if "Init image hash" in p.extra:  # drawn from an input picture: generate cannot redraw it
+            mode = "inpaint" if "Mask hash" in p.extra else "img2img"
+            raise LatentDiffError(f"{args.replay} was drawn by {mode} from an input picture; redraw it with `latentdiff {mode} "
+                                  f"--image INPUT{' --mask MASK' if mode == 'inpaint' else ''} --replay {args.replay}`")
         model = args.model or p.model
         loras = [tuple(x) for x in p.loras]
     else:

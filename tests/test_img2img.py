@@ -108,6 +108,30 @@ def test_cli_writes_png_with_parameters(tiny_folder, tmp_path, caplog):
     assert "image 70x60 resized to 72x64 (sides must be multiples of 8)" in caplog.messages
 
 
+def test_cli_replay_redraws_img2img_from_its_input(tiny_folder, tmp_path, capsys):
+    """img2img --replay takes every setting from the PNG and checks the input is the one it was drawn from."""
+    src, out, again = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "again.png"
+    noise_picture(70, 60).save(src)
+    assert main(["img2img", "a red cube", "--negative", "blue", "--image", str(src), "--strength", "0.5", "--model",
+                 str(tiny_folder), "--steps", "2", "--seed", "5", "--dtype", "fp32", "--sampler", "ddim", "--guidance", "4",
+                 "--out", str(out)]) == 0
+    assert main(["img2img", "--image", str(src), "--replay", str(out), "--dtype", "fp32", "--out", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    assert read_png_params(again).to_a1111() == read_png_params(out).to_a1111()
+    capsys.readouterr()
+    other = tmp_path / "other.png"
+    noise_picture(70, 60, seed=9).save(other)
+    assert main(["img2img", "--image", str(other), "--replay", str(out), "--out", str(tmp_path / "x.png")]) == 2
+    assert f"but {out} was drawn from one with " in capsys.readouterr().err
+    assert main(["generate", "--replay", str(out), "--out", str(tmp_path / "y.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("was drawn by img2img from an input picture; redraw it with "
+                        f"`latentdiff img2img --image INPUT --replay {out}`")
+    assert main(["img2img", "--image", str(src), "--out", str(tmp_path / "z.png")]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in ("x.png", "y.png", "z.png"))
+
+
 # ---------------------------------------------------------------- bad input
 
 

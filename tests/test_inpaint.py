@@ -155,6 +155,14 @@ def test_cli_inpaint_resizes_and_writes_png(folder9, tmp_path, caplog):
     assert (p.width, p.height, p.seed, p.sampler) == (32, 32, 7, "euler")
     assert p.extra["Mask hash"] == hashlib.sha256(msk.read_bytes()).hexdigest()[:10] and p.extra["Mask blur"] == 1.0
     assert Image.open(out).size == (32, 32)
+    again = tmp_path / "again.png"
+    assert main(["inpaint", "--image", str(src), "--mask", str(msk), "--replay", str(out), "--dtype", "fp32",
+                 "--out", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    assert read_png_params(again).extra == p.extra
+    box_mask(30, 35, box=(2, 2, 10, 10)).save(msk)  # another mask of the same size
+    assert main(["inpaint", "--image", str(src), "--mask", str(msk), "--replay", str(out), "--out", str(again)]) == 2
+    assert main(["img2img", "--image", str(src), "--replay", str(out), "--out", str(again)]) == 2
 
 
 def test_single_file_inpainting_model_round_trips(tmp_path):

@@ -12,8 +12,9 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     i = subparsers.add_parser("img2img", help="redraw an image under a prompt",
                               description="Encode IMAGE with the VAE, noise it to --strength, denoise it under PROMPT.")
-    i.add_argument("prompt", help='the prompt ("" for unconditional)')
+    i.add_argument("prompt", nargs="?", default=None, help='the prompt ("" for unconditional)')
     i.add_argument("--image", required=True, metavar="PNG", help="input picture (sides are rounded to multiples of 8)")
+    i.add_argument("--replay", metavar="PNG", help="draw again an img2img PNG from --image, the input it was made from")
     i.add_argument("--strength", type=float, default=0.75,
                    help="share of the schedule re-run, in (0, 1]: low keeps the input, 1 redraws (default 0.75)")
     add_model_args(i)
@@ -23,9 +24,10 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inpaint", help="repaint the white part of a mask",
                               description="Repaint where MASK is white, keep where it is black; works with 9-channel "
                                           "inpainting models and, by latent blending, with ordinary ones.")
-    p.add_argument("prompt", help='the prompt ("" for unconditional)')
+    p.add_argument("prompt", nargs="?", default=None, help='the prompt ("" for unconditional)')
     p.add_argument("--image", required=True, metavar="PNG", help="input picture (sides are rounded to multiples of 8)")
     p.add_argument("--mask", required=True, metavar="PNG", help="mask of the image's size: white repaints, black keeps")
+    p.add_argument("--replay", metavar="PNG", help="draw again an inpaint PNG from the --image and --mask it was made from")
     p.add_argument("--mask-threshold", type=float, default=0.5,
                    help="gray/255 at or above which a mask pixel repaints (default 0.5, i.e. 128 and up)")
     p.add_argument("--mask-blur", type=float, default=0.0, metavar="PX",
@@ -37,6 +39,48 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.set_defaults(func=cmd_inpaint)
+
+
+# PNG extra key → (argument, type) that --replay restores, per command
+REPLAYED = {"img2img": {"Denoising strength": ("strength", float)},
+            "inpaint": {"Denoising strength": ("strength", float), "Mask threshold": ("mask_threshold", float),
+                        "Mask blur": ("mask_blur", float), "Overlay original": ("overlay", lambda v: str(v) == "True")}}
+
+
+def _apply_replay(args, mode: str) -> dict[str, str]:
+    """--replay PNG: every setting from the PNG (the model and LoRAs too unless given); returns the input hashes to check."""
+    from ..errors import LatentDiffError
+    from .params import read_png_params
+
+    if args.replay is None:
+        if args.prompt is None:
+            raise LatentDiffError(f"give a prompt (\"\" for unconditional) or --replay {mode.upper()}.png")
+        return {}
+    p = read_png_params(args.replay)
+    drawn_by = ("inpaint" if "Mask hash" in p.extra else "img2img") if "Init image hash" in p.extra else "generate"
+    if drawn_by != mode:
+        raise LatentDiffError(f"{args.replay} was drawn by {drawn_by}, not {mode}; replay it with `latentdiff {drawn_by}"
+                              f"{'' if drawn_by == 'generate' else ' --image INPUT'}{' --mask MASK' if drawn_by == 'inpaint' else ''}"
+                              f" --replay {args.replay}`")
+    args.prompt, args.negative, args.steps, args.sampler = p.prompt, p.negative_prompt, p.steps, p.sampler
+    args.guidance, args.seed, args.width, args.height, args.num = p.guidance_scale, p.seed, p.width, p.height, 1
+    args.guidance_rescale, args.clip_skip = p.guidance_rescale, p.clip_skip
+    args.model = args.model or p.model or None
+    args.lora = args.lora or [tuple(x) for x in p.loras]
+    for key, (name, kind) in REPLAYED[mode].items():
+        if key in p.extra:
+            setattr(args, name, kind(p.extra[key]))
+    return {"image": p.extra["Init image hash"], "mask": p.extra.get("Mask hash", "")}
+
+
+def _check_inputs(replay: str | None, expected: dict[str, str], actual: dict[str, str]) -> None:
+    """The inputs given must be the ones the replayed PNG was drawn from (sha256[:10] as recorded)."""
+    from ..errors import LatentDiffError
+
+    for what, sha in actual.items():
+        if expected.get(what) and expected[what] != sha:
+            raise LatentDiffError(f"--{what} has sha256 {sha}, but {replay} was drawn from one with {expected[what]}; "
+                                  f"give the {what} it was made from")
 
 
 def _sampling(args) -> SimpleNamespace:
@@ -77,9 +121,11 @@ def cmd_img2img(args) -> int:
     from .image_to_image import check_strength
     from .images import load_image
 
+    expected = _apply_replay(args, "img2img")
     s = _sampling(args)
     strength = check_strength(args.strength)
     init = load_image(args.image, args.width, args.height)
+    _check_inputs(args.replay, expected, {"image": init.sha})
     paths = output_paths(args.out, args.num)
     pipe = _load_pipeline(args)
     out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
@@ -94,6 +140,7 @@ def cmd_inpaint(args) -> int:
     from .image_to_image import check_strength
     from .images import load_image, load_mask
 
+    expected = _apply_replay(args, "inpaint")
     s = _sampling(args)
     strength = check_strength(args.strength)
     if args.mask_blur < 0:
@@ -102,6 +149,7 @@ def cmd_inpaint(args) -> int:
         raise LatentDiffError("--mask-blur feathers the paste-back of the input; it has no effect with --no-overlay")
     init = load_image(args.image, args.width, args.height)
     mask = load_mask(args.mask, init, args.mask_threshold)
+    _check_inputs(args.replay, expected, {"image": init.sha, "mask": mask.sha})
     paths = output_paths(args.out, args.num)
     pipe = _load_pipeline(args)
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
