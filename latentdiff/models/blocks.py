@@ -169,6 +169,12 @@ class _Checkpointed(nn.Module):
         return fn(*args)
 
 
+def attention_list(attention: bool | str, channels: int, layers: int, **kw) -> nn.ModuleList | None:
+    """One attention module per ResNet of a level (True/"full": SD's Transformer2D; "linear"), or None for "none"."""
+    kind = attention_kind(attention)
+    return nn.ModuleList(make_attention(kind, channels, **kw) for _ in range(layers)) if kind != "none" else None
+
+
 class DownBlock(_Checkpointed):
     """One encoder level: ResNet blocks (each optionally followed by a transformer), then an optional downsample."""
 
@@ -179,14 +185,8 @@ class DownBlock(_Checkpointed):
         self.resnets = nn.ModuleList(
             ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb_dim, groups=groups, eps=eps) for i in range(layers)
         )
-        kind = attention_kind(attention)  # True/"full": SD's Transformer2D; "linear"; False/"none"
-        if kind != "none":
-            self.attentions = nn.ModuleList(
-                make_attention(kind, out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
-                for _ in range(layers)
-            )
-        else:
-            self.attentions = None
+        self.attentions = attention_list(attention, out_ch, layers, heads=heads, context_dim=context_dim, depth=depth,
+                                         groups=groups, linear_proj=linear_proj)
         self.downsamplers = nn.ModuleList([make_downsampler(down_kind, out_ch)]) if downsample else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -231,14 +231,8 @@ class UpBlock(_Checkpointed):
             skip_ch = (in_ch if i == layers - 1 else out_ch) if skip else 0
             res_in = prev_ch if i == 0 else out_ch
             self.resnets.append(ResnetBlock2D(res_in + skip_ch, out_ch, temb_dim, groups=groups, eps=eps))
-        kind = attention_kind(attention)
-        if kind != "none":
-            self.attentions = nn.ModuleList(
-                make_attention(kind, out_ch, heads=heads, context_dim=context_dim, depth=depth, groups=groups, linear_proj=linear_proj)
-                for _ in range(layers)
-            )
-        else:
-            self.attentions = None
+        self.attentions = attention_list(attention, out_ch, layers, heads=heads, context_dim=context_dim, depth=depth,
+                                         groups=groups, linear_proj=linear_proj)
         self.upsamplers = nn.ModuleList([make_upsampler(up_kind, out_ch)]) if upsample else None
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], temb: torch.Tensor, context: torch.Tensor,

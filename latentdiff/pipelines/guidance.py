@@ -54,8 +54,14 @@ class CFGDenoiser:
         return rescale_guidance(guided, cond, self.rescale) if self.rescale > 0 else guided
 
 
+def x0_from_prediction(x_t: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor, kind: str) -> torch.Tensor:
+    """The x0 a prediction implies at ᾱ (a scalar or (B, 1, 1, 1)): ε: (x − √(1−ᾱ) ε)/√ᾱ; v: √ᾱ x − √(1−ᾱ) v."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return a * x_t - s * pred if kind == "v_prediction" else (x_t - s * pred) / a
+
+
 def x0_estimator(scheduler):
-    """(x_t, prediction, t) → x0 for a DDPM-family scheduler: ε: (x − √(1−ᾱ) ε)/√ᾱ; v: √ᾱ x − √(1−ᾱ) v.
+    """(x_t, prediction, t) → x0 for a DDPM-family scheduler (x0_from_prediction at timestep t's ᾱ).
 
     x_t is the model input (VP scale, after `scale_model_input`); t a timestep, possibly fractional (Euler), rounded.
     """
@@ -64,8 +70,5 @@ def x0_estimator(scheduler):
 
     def x0(x: torch.Tensor, pred: torch.Tensor, t) -> torch.Tensor:
         i = int(torch.as_tensor(t).float().round().clamp(0, len(alphas) - 1).item())
-        a = alphas[i].to(x.device)
-        if kind == "v_prediction":
-            return a.sqrt() * x - (1 - a).sqrt() * pred
-        return (x - (1 - a).sqrt() * pred) / a.sqrt()
+        return x0_from_prediction(x, pred, alphas[i].to(x.device), kind)
     return x0

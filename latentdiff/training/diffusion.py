@@ -50,11 +50,11 @@ class DiffusionLoss:
         return a * noise - s * x0  # v = √ᾱ ε − √(1-ᾱ) x0
 
     def x0_from(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The x0 estimate a prediction implies: ε: (x_t − √(1−ᾱ) ε)/√ᾱ; v: √ᾱ x_t − √(1−ᾱ) v."""
-        a, s = self._coefs(t, x_t)
-        if self.config.prediction_type == "epsilon":
-            return (x_t - s * pred) / a
-        return a * x_t - s * pred
+        """The x0 estimate a prediction implies (the sampler's formula, pipelines.guidance.x0_from_prediction)."""
+        from ..pipelines.guidance import x0_from_prediction
+
+        ac = self.alphas_cumprod.to(t.device)[t].view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)  # (B, 1, 1, 1)
+        return x0_from_prediction(x_t, pred, ac, self.config.prediction_type)
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights: min-SNR-γ when on, else ones. (B,)"""
