@@ -125,7 +125,7 @@ class BenchSettings:
 
 # -- the model ---------------------------------------------------------------------------------------------------------
 def build_components(layout: str, seed: int):
-    """Random weights in the SD1.5 layout (configs/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
+    """Random weights in the SD1.5 layout (latentdiff/configs/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 

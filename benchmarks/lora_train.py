@@ -57,7 +57,7 @@ VARIANTS = [
 # ---- model layouts ----------------------------------------------------------------------------------------------
 
 def layouts(scale: str) -> dict:
-    """SD1.5 component configs (configs/sd15.yaml); 'small' narrows every width, keeping levels and depth."""
+    """SD1.5 component configs (latentdiff/configs/sd15.yaml); 'small' narrows every width, keeping levels and depth."""
     from latentdiff.checkpoints.configs import read_preset
 
     p = read_preset("sd15")

@@ -307,3 +307,17 @@ def test_writer_rejects_bad_input(sd1, tmp_path):
     with pytest.raises(LatentDiffError, match="VAE: unexpected key encoder.extra.weight"):
         write_single_file(tmp_path / "m.safetensors", kind="sd1", **{**state, "vae_state": vae})
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_presets_are_package_data():
+    """The SD presets live inside the package, where pyproject's package-data puts them into wheels."""
+    import tomllib
+
+    from latentdiff.checkpoints.configs import CONFIG_DIR, PACKAGE_DIR, preset_path
+    from latentdiff.checkpoints.single_file import PRESETS
+
+    patterns = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["latentdiff"]
+    packed = {p for pattern in patterns for p in PACKAGE_DIR.glob(pattern)}
+    for name in [*PRESETS.values(), "sd21-v"]:
+        path = preset_path(name)
+        assert path.parent == CONFIG_DIR and CONFIG_DIR.is_relative_to(PACKAGE_DIR) and path in packed, path

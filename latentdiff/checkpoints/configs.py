@@ -11,10 +11,9 @@ from ..errors import LatentDiffError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ASSETS_DIR = PACKAGE_DIR / "assets"
-# The top-level configs/ folder next to the package (source tree, editable install); a wheel that packs
-# the presets inside the package would put them in latentdiff/configs.
-CONFIG_DIR = next((d for d in (PACKAGE_DIR.parent / "configs", PACKAGE_DIR / "configs") if d.is_dir()),
-                  PACKAGE_DIR.parent / "configs")
+# The SD presets a single file is loaded with live inside the package (package data: wheels carry them); the
+# top-level configs/ holds recipes (training, LoRA, U-Net variants) that users pass by path.
+CONFIG_DIR = PACKAGE_DIR / "configs"
 PRESET_SECTIONS = ("kind", "tokenizer", "unet", "vae", "text_encoder", "scheduler")
 
 
@@ -33,7 +32,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def preset_path(name: str | os.PathLike) -> Path:
-    """A preset by name ("sd15" → configs/sd15.yaml) or by path to a YAML file."""
+    """A preset by name ("sd15" → latentdiff/configs/sd15.yaml) or by path to a YAML file."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         return path
