@@ -287,3 +287,12 @@ def test_ema_update_and_move():
         if v.is_floating_point():
             torch.testing.assert_close(ema.shadow[k], d * before[k] + (1 - d) * v.float())
     assert "1.num_batches_tracked" not in ema.shadow
+
+
+def test_posterior_mean_option(shapes, tmp_path):
+    """train_unet.posterior takes "sample" (LDM) or "mean"; anything else is a one-line error naming the key."""
+    from latentdiff.training.train import load_config
+
+    with pytest.raises(LatentDiffError, match="train_unet.posterior must be 'sample' or 'mean', got 'mode'"):
+        load_config(write_config(tmp_path / "bad.yaml", shapes, tmp_path / "o", **{"train_unet.posterior": "mode"}))
+    assert load_config(write_config(tmp_path / "ok.yaml", shapes, tmp_path / "o", **{"train_unet.posterior": "mean"})).train_unet.posterior == "mean"

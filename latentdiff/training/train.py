@@ -101,6 +101,7 @@ class StageConfig:
     log_every: int = 10
     max_grad_norm: float = 1.0
     min_snr_gamma: float = 0.0              # 0 = off (https://arxiv.org/abs/2303.09556)
+    posterior: str = "sample"               # unet stage: train on VAE posterior samples (LDM) or on their "mean"
 
 
 @dataclass
@@ -166,6 +167,8 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
         raise LatentDiffError(re.sub(r"unknown U-Net config key '(.*)'", r"unknown config key unet.\1", str(e))) from None
     except TypeError as e:
         raise LatentDiffError(f"bad unet section: {e}") from None
+    if cfg.train_unet.posterior not in ("sample", "mean"):
+        raise LatentDiffError(f"train_unet.posterior must be 'sample' or 'mean', got {cfg.train_unet.posterior!r}")
     if cfg.data.split not in ("train", "all"):
         raise LatentDiffError(f"data.split must be 'train' or 'all', got {cfg.data.split!r}")
     if cfg.data.resolution % 2 ** (len(cfg.vae.block_out_channels) - 1):
@@ -611,7 +614,8 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
         idx = torch.randint(len(cache), (b,), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + s))
         idx = idx[loop.acc.process_index::loop.acc.num_processes]
         m = moments[idx.to(dev)]
-        z = (m[:, :c] + m[:, c:] * torch.randn(m[:, :c].shape, generator=g, device=dev)) * scale  # (b, C, h, w) posterior sample
+        eps = torch.randn(m[:, :c].shape, generator=g, device=dev)  # drawn either way: both choices see the same t and noise
+        z = (m[:, :c] + m[:, c:] * eps if sc.posterior == "sample" else m[:, :c]) * scale  # (b, C, h, w)
         ids = tokens(captions_for(cache.records, idx.tolist(), captions, cfg.seed, s)).to(dev)
         with loop.acc.autocast():
             return objective(lambda x, t, ctx, **kw: loop.model(x, t, ctx, **kw), z, ids, generator=g)
