@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentdiff.errors import LatentDiffError
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
@@ -174,9 +176,13 @@ def log(msg: str) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """cpu, cuda[:n] or auto; one-line error (not a CUDA assertion deep in a run) where the device is absent."""
+    from latentdiff.runtime import parse_device
+
+    try:
+        return parse_device(name)
+    except RuntimeError as e:  # torch.device("gpu") and the like
+        raise LatentDiffError(f"unknown device {name!r} ({str(e).splitlines()[0]})") from None
 
 
 def cpu_flags() -> dict[str, bool]:

@@ -221,3 +221,12 @@ def test_harness_memory_probe_in_a_fresh_process(bench, tmp_path):
 def test_bench_cli_checks_input_before_running(capsys):
     assert cli_main(["bench", "--size", "100"]) == 2
     assert capsys.readouterr().err.strip() == "error: --steps and --latent must be positive and --size a positive multiple of 8"
+
+
+def test_bench_names_a_missing_device_in_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli_main(["bench", "--device", "cuda", "--layout", "tiny", "--work-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "error: device cuda asked for, but no CUDA GPU is available"
+    assert cli_main(["bench", "--device", "gpu", "--layout", "tiny", "--work-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown device 'gpu'")
+    assert list(tmp_path.iterdir()) == []  # refused before any model was built
