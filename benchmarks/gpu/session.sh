@@ -41,8 +41,8 @@ stage "dataset (CPU, background)"
 data_pid=$!
 
 stage "bench sd15 (eager variants)"
-timeout 300 bash -c "$(declare -f ld); ld bench --device $dev --variants diffusers-fp16,ours-fp16,ours-fp16-cl,ours-fp16-cl-qkv \
-  --step-repeats 20 --decode-repeats 5 --e2e-repeats 3 $bench_extra --label 'H200, random SD1.5 weights, eager' \
+timeout 360 bash -c "$(declare -f ld); ld bench --device $dev --variants diffusers-fp16,ours-fp16,ours-fp16-cl,ours-fp16-cl-qkv \
+  --step-repeats 10 --decode-repeats 3 --e2e-repeats 2 $bench_extra --label 'H200, random SD1.5 weights, eager' \
   --out $G/$dev-sd15.json" > $G/bench.log 2>&1
 echo "rc $?" >> $G/bench.log
 
