@@ -54,7 +54,7 @@ def _apply_replay(args, mode: str) -> dict[str, str]:
 
     if args.replay is None:
         if args.prompt is None:
-            raise LatentDiffError(f"give a prompt (\"\" for unconditional) or --replay {mode.upper()}.png")
+            raise LatentDiffError("give a prompt (\"\" for unconditional) or --replay IMAGE.png")
         return {}
     p = read_png_params(args.replay)
     drawn_by = ("inpaint" if "Mask hash" in p.extra else "img2img") if "Init image hash" in p.extra else "generate"
