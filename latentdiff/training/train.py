@@ -102,6 +102,7 @@ class StageConfig:
     max_grad_norm: float = 1.0
     min_snr_gamma: float = 0.0              # 0 = off (https://arxiv.org/abs/2303.09556)
     posterior: str = "sample"               # unet stage: train on VAE posterior samples (LDM) or on their "mean"
+    noise_offset: float = 0.0               # unet stage: 0 = off; ~0.05-0.1 helps learn per-channel means (LossConfig)
 
 
 @dataclass
@@ -601,7 +602,7 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     ucfg = cfg.unet_config()
     model = Denoiser(UNet(ucfg), build_text_encoder(cfg.text_encoder))
     loop = _Loop(cfg, "unet", sc, model, _unet_arch(cfg), resume, progress)
-    objective = DiffusionLoss(SCHEDULER, LossConfig(prediction_type="epsilon", min_snr_gamma=sc.min_snr_gamma,
+    objective = DiffusionLoss(SCHEDULER, LossConfig(prediction_type="epsilon", min_snr_gamma=sc.min_snr_gamma, noise_offset=sc.noise_offset,
                                                     self_condition_prob=0.5 if ucfg.self_condition else 0.0))
 
     dev = loop.acc.device
