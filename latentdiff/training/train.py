@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LatentDiffError
 from ..models.unet import UNet, UNetConfig
+from ..runtime import default_device
 from .checkpointing import (CSVLog, atomic_write, check_same_architecture, load_training_state, save_safetensors,
                             save_training_state, write_json)
 from .data import EMOJI_TEMPLATES, CaptionSampler, ImageCaptionDataset, Record
@@ -499,9 +500,10 @@ def encode_latents(cfg: TrainConfig, cache: PixelCache, vae, progress: bool = Tr
         if blob["stamp"] == stamp and len(blob["moments"]) == len(cache):
             return blob["moments"], blob["scale"]
     out = []
+    vae.to(device)
     for i in tqdm(range(0, len(cache), 64), desc="encode latents", disable=None if progress else True):
         x = cache.images[i:i + 64].to(device).float() / 127.5 - 1.0
-        d = vae.to(device).encode(x).latent_dist
+        d = vae.encode(x).latent_dist
         out.append(torch.cat([d.mean, d.std], dim=1).cpu())  # (b, 2C, h, w)
     moments = torch.cat(out)
     c = moments.shape[1] // 2
@@ -532,7 +534,7 @@ def train_decoder(cfg: TrainConfig, *, resume: bool = False, progress: bool = Tr
     sc, vc = cfg.train_decoder, cfg.vae
     cache = PixelCache.load_or_build(cfg.data, Path(cfg.output_dir) / f"pixels-{cfg.data.resolution}.pt", progress)
     vae = load_trained_vae(cfg, decoder=False)
-    moments, _ = encode_latents(cfg, cache, vae, progress, "cuda" if torch.cuda.is_available() else "cpu")
+    moments, _ = encode_latents(cfg, cache, vae, progress, default_device())
     c = moments.shape[1] // 2
     model = DecoderTrainee(vae)
     loop = _Loop(cfg, "decoder", sc, model, _vae_arch(cfg), resume, progress)
@@ -579,7 +581,7 @@ def sample_grid(components, prompts: list[str], path: Path, *, steps: int = 20, 
     """Generate one image per prompt with the pipeline and save them side by side."""
     from ..pipelines.text_to_image import LatentDiffusionPipeline
 
-    pipe = LatentDiffusionPipeline(components, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
+    pipe = LatentDiffusionPipeline(components, device=default_device(), dtype=torch.float32)
     out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, sampler="dpmpp_2m", seed=seed, progress=False)
     import numpy as np
 
@@ -594,7 +596,7 @@ def train_unet(cfg: TrainConfig, *, resume: bool = False, progress: bool = True)
     sc = cfg.train_unet
     cache = PixelCache.load_or_build(cfg.data, Path(cfg.output_dir) / f"pixels-{cfg.data.resolution}.pt", progress)
     vae = load_trained_vae(cfg)
-    moments, scale = encode_latents(cfg, cache, vae, progress, "cuda" if torch.cuda.is_available() else "cpu")
+    moments, scale = encode_latents(cfg, cache, vae, progress, default_device())
     c = moments.shape[1] // 2
     tokens = TokenCache(load_tokenizer(None, "sd1"))
     captions = CaptionSampler(EMOJI_TEMPLATES if cfg.data.templates == "emoji" else ("{}",), p_drop=cfg.data.caption_dropout)
