@@ -116,3 +116,14 @@ def test_bf16_draws_nearly_the_same_picture(tiny_folder):
     a = fp32(PROMPT, num_inference_steps=4, seed=5, progress=False).images[0]
     b = bf16(PROMPT, num_inference_steps=4, seed=5, progress=False).images[0]
     assert np.abs(pixels(a) - pixels(b)).mean() <= 4
+
+
+def test_sampling_records_no_autograd_graph(pipe):
+    """Every U-Net call of a generation runs with gradients off (no graph kept across the steps)."""
+    seen = []
+    handle = pipe.unet.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.requires_grad)))
+    try:
+        pipe("a cat", num_inference_steps=2, seed=0, progress=False)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {(False, False)}

@@ -181,7 +181,6 @@ class LatentDiffusionPipeline:
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
     # -- the call ------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def sampling_settings(self, num_inference_steps: int | None, guidance_scale: float | None,
                           sampler: str | None) -> tuple[int, float, str]:
         """Fill what the caller left None: the model's generation_config.json, else SAMPLING_DEFAULTS (25, 7.5, dpmpp_2m)."""
@@ -191,6 +190,7 @@ class LatentDiffusionPipeline:
         return (d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
                 d["guidance_scale"] if guidance_scale is None else guidance_scale, d["sampler"] if sampler is None else sampler)
 
+    @torch.no_grad()
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
