@@ -12,7 +12,6 @@ from safetensors import safe_open
 
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
-from ..fileio import publish
 from ..training.checkpointing import save_safetensors
 from .formats import LoraState, read_state, to_kohya, to_peft
 
@@ -126,9 +125,7 @@ def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft"
         header.update(extra)
     else:
         tensors = to_kohya(state)
-    path = save_safetensors(tensors, path, metadata=header)
-    publish(path)  # a file to share: the usual mode, not the 0600 of the temp file it was written as
-    return path
+    return save_safetensors(tensors, path, metadata=header)  # atomic, with the usual file mode (fileio.publish)
 
 
 def weights_hash(model_path: str | os.PathLike) -> str:
