@@ -213,7 +213,8 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
     """`accelerate launch --num_processes 2 --cpu`: each process takes half the global batch; the first logged loss matches one process's."""
     from latentdiff.training.train import load_config, train_vae
 
-    changes = {"train_vae.max_steps": 4, "train_vae.sample_every": 0, "train_vae.batch_size": 4}
+    changes = {"train_vae.max_steps": 4, "train_vae.sample_every": 0, "train_vae.batch_size": 4, "train_vae.warmup_steps": 2,
+               "train_vae.decay_steps": 2}
     one = load_config(write_config(tmp_path / "one.yaml", shapes, tmp_path / "one", **changes))
     single = train_vae(one, progress=False)
     two = write_config(tmp_path / "two.yaml", shapes, tmp_path / "two", **{**changes, "train_vae.batch_size": 2})
@@ -228,16 +229,20 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
     assert losses[0] == pytest.approx(single[0], rel=1e-2)  # same init, same global batch split in halves
     assert losses[1] < losses[0] and single[1] < single[0]
     assert torch.load(tmp_path / "two" / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+    lrs = [float(r.split(",")[2]) for r in rows]  # steps 2 and 4 of warm-up 2, decay 2: not stepped once per process
+    assert lrs == pytest.approx([3e-3, 1.5e-3], rel=1e-3)
 
 
 def test_warmup_stable_decay_schedule():
     """Warm-up, constant, then linear decay to 0 over the last steps; a pure function of the step, so --resume is exact."""
-    from latentdiff.training.train import _lr_lambda
+    from functools import partial
 
-    f = _lr_lambda(10, 100, 20)
+    from latentdiff.training.schedule import lr_factor
+
+    f = partial(lr_factor, kind="wsd", warmup=10, total=100, decay=20)
     assert [f(s) for s in (0, 4, 9, 50, 79)] == [0.1, 0.5, 1.0, 1.0, 1.0]
     assert [f(s) for s in (80, 90, 99, 100)] == [1.0, 0.5, 0.05, 0.0]
-    g = _lr_lambda(10)  # no decay: the old warm-up-then-constant schedule
+    g = partial(lr_factor, kind="wsd", warmup=10)  # no decay: the old warm-up-then-constant schedule
     assert g(5000) == 1.0 and g(4) == 0.5
 
 

@@ -40,14 +40,30 @@ def check_same_architecture(saved: dict, current: dict, what: str) -> None:
 
 
 class CSVLog:
-    """Append-only CSV of training metrics; survives resume (header written once)."""
+    """CSV of training metrics, one row per log step, that follows the run's checkpoints.
 
-    def __init__(self, path: str | os.PathLike, fields: list[str]):
-        self.path, self.fields = Path(path), fields
+    A fresh run (`resume_step` None) starts the file anew. A resumed run keeps the rows up to the checkpoint's step
+    and drops the later ones it is about to redo, so no step appears twice; `seconds_offset` is the time logged at
+    that step, so a "seconds" column keeps counting from where the run left off.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: list[str], resume_step: int | None = None):
+        self.path, self.fields, self.seconds_offset = Path(path), fields, 0.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(fields)
+        rows: list[list[str]] = []
+        if resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                old = list(csv.reader(f))
+            if old and old[0] == fields:
+                rows = [r for r in old[1:] if r and int(r[0]) <= resume_step]
+        if rows and "seconds" in fields and rows[-1][fields.index("seconds")]:
+            self.seconds_offset = float(rows[-1][fields.index("seconds")])
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([fields] + rows)
+
+        atomic_write(self.path, write)
 
     def write(self, **row) -> None:
         with open(self.path, "a", newline="") as f:

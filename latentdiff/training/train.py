@@ -39,6 +39,8 @@ from .checkpointing import (CSVLog, atomic_write, check_same_architecture, load_
 from .data import EMOJI_TEMPLATES, CaptionSampler, ImageCaptionDataset, Record
 from .diffusion import DiffusionLoss, LossConfig
 from .ema import EMA
+from .accelerator import new_accelerator
+from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -320,26 +322,15 @@ def load_checkpoint(folder: Path, arch: dict, model: nn.Module, ema: EMA, optimi
     return state["step"]
 
 
-def _lr_lambda(warmup: int, total: int = 0, decay: int = 0):
-    """LR factor at optimizer step s: linear warm-up, constant, then linear decay to 0 over the last `decay` of `total`."""
-    def factor(s: int) -> float:
-        f = min(1.0, (s + 1) / max(1, warmup))
-        if decay > 0 and s >= total - decay:
-            f *= max(0.0, (total - s) / decay)
-        return f
-    return factor
-
-
 # -- the loop ----------------------------------------------------------------------------------------------------------
 class _Loop:
     """The shared accelerate loop: steps, accumulation, clipping, EMA, logs, checkpoints, samples."""
 
     def __init__(self, cfg: TrainConfig, stage: str, sc: StageConfig, model: nn.Module, arch: dict, resume: bool,
                  progress: bool):
-        from accelerate import Accelerator
-
         self.cfg, self.stage, self.sc, self.arch, self.progress = cfg, stage, sc, arch, progress
-        self.acc = Accelerator(mixed_precision=sc.mixed_precision, gradient_accumulation_steps=sc.grad_accum, cpu=not torch.cuda.is_available())
+        self.acc = new_accelerator(mixed_precision=sc.mixed_precision, gradient_accumulation_steps=sc.grad_accum,
+                                   cpu=not torch.cuda.is_available())
         torch.manual_seed(cfg.seed + self.acc.process_index)
         self.dir = Path(cfg.output_dir) / stage
         self.ema = EMA(model, decay=sc.ema_decay)
@@ -350,17 +341,15 @@ class _Loop:
             self.step = load_checkpoint(self.dir / "checkpoint", arch, model, self.ema, opt)
         elif (self.dir / "checkpoint" / "state.pt").is_file():
             raise LatentDiffError(f"{self.dir / 'checkpoint'} already holds a checkpoint; pass --resume or use another output_dir")
-        for group in opt.param_groups:
-            group.setdefault("initial_lr", sc.lr)
-        k = sc.grad_accum  # the scheduler counts optimizer micro-steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(sc.warmup_steps * k, sc.max_steps * k, sc.decay_steps * k),
-                                                  last_epoch=self.step * k - 1)
+        self.base_lrs = [g["lr"] for g in opt.param_groups]  # the LR is lr_factor(step) × these, set before each step
+        self.lr = sc.lr
         self.raw = model
-        self.model, self.opt, self.sched = self.acc.prepare(model, opt, sched)
+        self.model, self.opt = self.acc.prepare(model, opt)
         self.ema.to(self.acc.device)
         if self.acc.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (norms, EMA) on tensor cores
-        self.log = CSVLog(self.dir / "loss.csv", ["step", "loss", "lr", "seconds", "samples_per_s"]) if self.acc.is_main_process else None
+        self.log = CSVLog(self.dir / "loss.csv", ["step", "loss", "lr", "seconds", "samples_per_s"],
+                          resume_step=self.step if resume else None) if self.acc.is_main_process else None
         self.tb = None
         if self.acc.is_main_process:
             try:
@@ -379,14 +368,14 @@ class _Loop:
         self.model.train()
         stop = sc.max_steps
         while self.step < stop:
+            self.lr = set_lr(self.opt, self.base_lrs, lr_factor(self.step, "wsd", sc.warmup_steps, sc.max_steps, sc.decay_steps))
             for micro in range(sc.grad_accum):
-                with acc.accumulate(self.model):
+                with acc.accumulate(self.model):  # the optimizer steps (and grads sync) at the last micro-batch only
                     loss = loss_fn(self.step, micro)
                     acc.backward(loss)
                     if acc.sync_gradients and sc.max_grad_norm:
                         acc.clip_grad_norm_(self.model.parameters(), sc.max_grad_norm)
                     self.opt.step()
-                    self.sched.step()
                     self.opt.zero_grad(set_to_none=True)
                 window.append(loss.detach().float())  # read at log time: no device sync per step
             self.ema.update(acc.unwrap_model(self.model))
@@ -405,8 +394,8 @@ class _Loop:
                 window, last_t = [], now
                 bar.set_postfix(loss=f"{mean:.4f}")
                 if self.log:
-                    self.log.write(step=self.step, loss=f"{mean:.6f}", lr=f"{self.sched.get_last_lr()[0]:.3g}",
-                                   seconds=f"{now - t0:.1f}", samples_per_s=f"{rate:.2f}")
+                    self.log.write(step=self.step, loss=f"{mean:.6f}", lr=f"{self.lr:.3g}",
+                                   seconds=f"{now - t0 + self.log.seconds_offset:.1f}", samples_per_s=f"{rate:.2f}")
                 if self.tb:
                     self.tb.add_scalar(f"{self.stage}/loss", mean, self.step)
             if self.step % sc.checkpoint_every == 0 or self.step == stop:

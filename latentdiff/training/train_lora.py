@@ -36,6 +36,7 @@ from .checkpointing import CSVLog, check_same_architecture, load_training_state,
 from .data import BucketBatchSampler, ImageCaptionDataset, make_buckets
 from .diffusion import DiffusionLoss, LossConfig
 from .lora_config import ADAPTER, LoraTrainConfig, load_config  # noqa: F401  (load_config re-exported)
+from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class LoraTrainResult:
     """What a run produced."""
 
     files: list[Path]                     # the final LoRA files
-    steps: int                            # optimizer steps done in total
+    steps: int                            # optimizer steps this run did (max_steps − the resumed step)
     eval_loss_start: float | None         # fixed-noise loss before training (None when resumed or eval_items = 0)
     eval_loss_end: float | None
     seconds: float
@@ -81,16 +82,15 @@ class LoraTrainer:
 
     def __init__(self, cfg: LoraTrainConfig, *, components=None, progress: bool = True):
         """`components` (checkpoints.Components) trains an in-memory model instead of loading cfg.model."""
-        from accelerate import Accelerator
-
         from ..runtime import cpu_has_native_bf16
+        from .accelerator import new_accelerator
 
         self.cfg, self.progress = cfg, progress
         mp = cfg.mixed_precision
         if mp == "auto":
             cuda = torch.cuda.is_available() and cfg.device != "cpu"
             mp = "fp16" if cuda else ("bf16" if cpu_has_native_bf16() else "no")
-        self.acc = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
+        self.acc = new_accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
         if mp == "fp16" and self.acc.device.type == "cpu":
             raise LatentDiffError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU")
         self.mixed_precision = mp
@@ -234,10 +234,8 @@ class LoraTrainer:
             optimizer = bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        from diffusers.optimization import get_scheduler
-
-        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                          num_training_steps=cfg.max_steps)
+        self.base_lrs = [g["lr"] for g in groups]  # the LR is lr_factor(step) × these, written before each step
+        self.lr = cfg.lr
         if self.text_params:
             self.unet_ddp, self.text_ddp, self.optimizer = self.acc.prepare(self.unet, self.text_encoder, optimizer)
         else:
@@ -374,7 +372,7 @@ class LoraTrainer:
             scaler = getattr(self.acc, "scaler", None)
             save_training_state(tmp / "state.pt", {
                 "step": step, "arch": self.arch(), "config": asdict(self.cfg), "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None})
+                "scaler": scaler.state_dict() if scaler else None})  # the LR is a function of the step: no scheduler state
         done = sorted(p for p in root.glob("step-*") if (p / "state.pt").is_file())
         for old in done[: max(0, len(done) - self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -382,7 +380,7 @@ class LoraTrainer:
 
     @torch.no_grad()
     def resume(self, where: str) -> int:
-        """Load a checkpoint ("latest" or a folder): LoRA weights, optimizer and schedule; returns its step."""
+        """Load a checkpoint ("latest" or a folder): LoRA weights and optimizer state; returns its step."""
         from ..lora.attach import component_modules, fit_module
         from ..lora.io import read_lora
 
@@ -404,7 +402,6 @@ class LoraTrainer:
             modules[key].lora_A[ADAPTER].weight.copy_(m.down)
             modules[key].lora_B[ADAPTER].weight.copy_(m.up)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         scaler = getattr(self.acc, "scaler", None)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -434,6 +431,7 @@ class LoraTrainer:
     def train_step(self, step: int) -> list[torch.Tensor]:
         """One optimizer step (grad_accum micro-batches); returns the micro-batch losses (0-d tensors, not synced)."""
         cfg, acc = self.cfg, self.acc
+        self.lr = set_lr(self.optimizer, self.base_lrs, lr_factor(step, cfg.lr_scheduler, cfg.warmup_steps, cfg.max_steps))
         losses = []
         for k in range(cfg.grad_accum):
             sync = nullcontext() if k == cfg.grad_accum - 1 else acc.no_sync(self.unet_ddp)
@@ -444,7 +442,6 @@ class LoraTrainer:
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(self.unet_params + self.text_params, cfg.max_grad_norm)
         self.optimizer.step()
-        self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return losses
 
@@ -454,7 +451,8 @@ class LoraTrainer:
         t0 = time.perf_counter()
         start = self.resume(resume) if resume else 0
         eval_start = self.eval_loss() if start == 0 else None
-        logger = CSVLog(self.out / "log.csv", ["step", "loss", "lr", "seconds"]) if acc.is_main_process else None
+        logger = CSVLog(self.out / "log.csv", ["step", "loss", "lr", "seconds"],
+                        resume_step=start if resume else None) if acc.is_main_process else None
         if acc.is_main_process:
             write_json(self.out / "train_config.json", asdict(cfg))
         self._set_train(True)
@@ -471,8 +469,8 @@ class LoraTrainer:
                 if not math.isfinite(mean):
                     raise LatentDiffError(f"loss became {mean} by step {done}; lower lr or use bf16/fp32")
             if logger and (done % cfg.log_every == 0 or done == cfg.max_steps):
-                logger.write(step=done, loss=f"{mean:.6f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.3e}",
-                             seconds=f"{time.perf_counter() - t0:.1f}")
+                logger.write(step=done, loss=f"{mean:.6f}", lr=f"{self.lr:.3e}",
+                             seconds=f"{time.perf_counter() - t0 + logger.seconds_offset:.1f}")
                 bar.set_postfix(loss=f"{mean:.4f}")
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 acc.wait_for_everyone()
@@ -484,7 +482,7 @@ class LoraTrainer:
         files = self.save_files(self.out, cfg.max_steps, cfg.save_formats) if acc.is_main_process else []
         eval_end = self.eval_loss()
         images += self.validate(cfg.max_steps)
-        return LoraTrainResult(files, cfg.max_steps, eval_start, eval_end, time.perf_counter() - t0, images)
+        return LoraTrainResult(files, cfg.max_steps - start, eval_start, eval_end, time.perf_counter() - t0, images)
 
 
 def train_lora(cfg: LoraTrainConfig, *, resume: str | None = None, progress: bool = True) -> LoraTrainResult:
