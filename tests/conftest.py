@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def pytest_addoption(parser):
     """`--device cuda --dtype fp16` runs the parity tests that take the `target` fixture on a GPU (the lease plan)."""
     parser.addoption("--device", default="cpu", help="device for the parity tests that take `target` (default cpu)")
-    parser.addoption("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="their weights' dtype (default fp32)")
+    parser.addoption("--dtype", default="fp32", help="their weights' dtype: fp32, fp16, bf16, or a list (fp16,bf16) to run each")
 
 
 class Target:
@@ -35,12 +35,16 @@ class Target:
         return f"{self.device.type}-{self.dtype_name}"
 
 
-@pytest.fixture(scope="session")
-def target(request) -> Target:
-    device = request.config.getoption("--device")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        pytest.fail("--device cuda on a machine without CUDA")
-    return Target(device, request.config.getoption("--dtype"))
+def pytest_generate_tests(metafunc):
+    """Tests that take `target` run once per `--dtype` in the list, on `--device`."""
+    if "target" in metafunc.fixturenames:
+        device, dtypes = metafunc.config.getoption("--device"), metafunc.config.getoption("--dtype").split(",")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError("--device cuda on a machine without CUDA")
+        unknown = [d for d in dtypes if d not in Target.REL]
+        if unknown:
+            raise pytest.UsageError(f"--dtype {unknown[0]}: not one of fp32, fp16, bf16")
+        metafunc.parametrize("target", [Target(device, d) for d in dtypes], ids=repr, scope="session")
 
 
 def tiny_unet_config(kind: str = "sd1", in_channels: int = 4):

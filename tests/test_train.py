@@ -301,3 +301,18 @@ def test_posterior_mean_option(shapes, tmp_path):
     with pytest.raises(LatentDiffError, match="train_unet.posterior must be 'sample' or 'mean', got 'mode'"):
         load_config(write_config(tmp_path / "bad.yaml", shapes, tmp_path / "o", **{"train_unet.posterior": "mode"}))
     assert load_config(write_config(tmp_path / "ok.yaml", shapes, tmp_path / "o", **{"train_unet.posterior": "mean"})).train_unet.posterior == "mean"
+
+
+def test_checkpoint_minutes_saves_by_the_clock(shapes, tmp_path, monkeypatch):
+    """checkpoint_minutes > 0 checkpoints at every log step once that long has passed, besides checkpoint_every."""
+    import latentdiff.training.train as train
+
+    saved = []
+    real = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda folder, arch, model, ema, opt, step: (saved.append(step),
+                                                                                            real(folder, arch, model, ema, opt, step)))
+    cfg = train.load_config(write_config(tmp_path / "t.yaml", shapes, tmp_path / "out", **{
+        "train_vae.max_steps": 6, "train_vae.checkpoint_minutes": 1e-6, "train_vae.checkpoint_every": 1000,
+        "train_vae.log_every": 2, "train_vae.sample_every": 0}))
+    train.train_vae(cfg, progress=False)
+    assert saved == [2, 4, 6]  # every log step (the clock is always due), not only the last

@@ -100,6 +100,7 @@ class StageConfig:
     mixed_precision: str = "no"             # "no", "bf16", "fp16" (accelerate)
     ema_decay: float = 0.999
     checkpoint_every: int = 200             # steps between checkpoints
+    checkpoint_minutes: float = 0.0         # >0: also checkpoint at the first log step this many minutes after the last
     sample_every: int = 500                 # steps between sample grids
     log_every: int = 10
     max_grad_norm: float = 1.0
@@ -361,7 +362,8 @@ class _Loop:
     def run(self, loss_fn, on_sample, on_checkpoint=None) -> list[float]:
         """Train to max_steps; loss_fn(step, micro) → scalar loss. Returns the logged losses."""
         sc, acc = self.sc, self.acc
-        losses, window, t0, last_t = [], [], time.time(), time.time()
+        losses, window, t0 = [], [], time.time()
+        last_t = last_ckpt = t0
         deadline = t0 + sc.max_minutes * 60 if sc.max_minutes > 0 else math.inf
         bar = tqdm(total=sc.max_steps, initial=self.step, desc=f"train {self.stage}", unit="step",
                    disable=not (self.progress and acc.is_main_process))
@@ -381,9 +383,12 @@ class _Loop:
             self.ema.update(acc.unwrap_model(self.model))
             self.step += 1
             bar.update(1)
-            if deadline < math.inf and self.step % sc.log_every == 0 and stop == sc.max_steps:
-                late = torch.tensor([float(time.time() > deadline)], device=acc.device)
-                if acc.gather(late).max().item() > 0:  # all processes agree on the last step
+            timed = False  # a checkpoint by the clock: a lease that dies midway still leaves one ≤ checkpoint_minutes old
+            if (deadline < math.inf or sc.checkpoint_minutes > 0) and self.step % sc.log_every == 0 and stop == sc.max_steps:
+                now = time.time()
+                flags = torch.tensor([[now > deadline, now - last_ckpt > sc.checkpoint_minutes * 60 > 0]], device=acc.device)
+                late, timed = (acc.gather(flags.float()).amax(0) > 0).tolist()  # all processes agree on both
+                if late:
                     stop = self.step  # out of time: this step is the last (checkpoint and samples below)
                     log.warning("%s: max_minutes=%g reached at step %d", self.stage, sc.max_minutes, self.step)
             if self.step % sc.log_every == 0 or self.step == stop:
@@ -398,7 +403,8 @@ class _Loop:
                                    seconds=f"{now - t0 + self.log.seconds_offset:.1f}", samples_per_s=f"{rate:.2f}")
                 if self.tb:
                     self.tb.add_scalar(f"{self.stage}/loss", mean, self.step)
-            if self.step % sc.checkpoint_every == 0 or self.step == stop:
+            if self.step % sc.checkpoint_every == 0 or self.step == stop or timed:
+                last_ckpt = time.time()
                 acc.wait_for_everyone()
                 if acc.is_main_process:
                     save_checkpoint(self.dir / "checkpoint", self.arch, acc.unwrap_model(self.model), self.ema, self.opt, self.step)
