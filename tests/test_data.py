@@ -489,3 +489,12 @@ def test_npm_failure_names_the_cause_and_the_tarballs_flag(tmp_path, monkeypatch
     assert "reason: connect ECONNREFUSED 127.0.0.1:443" in message and "complete log" not in message
     assert "--tarballs DIR" in message and "npm pack @lobehub/fluent-emoji-3d@1.1.0" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_metadata_style_must_be_a_string(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "cat", "style": 5}) + "\n")
+    with pytest.raises(LatentDiffError, match=r"metadata.jsonl:1: style must be a non-empty string, got 5"):
+        scan_folder(tmp_path, progress=False)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "cat", "style": " flat "}) + "\n")
+    assert scan_folder(tmp_path, progress=False)[0][0].style == "flat"

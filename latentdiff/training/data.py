@@ -107,6 +107,7 @@ def _parse_tags(value: object) -> tuple[str, ...]:
 
 
 def _parse_style(value: object, meta: Path, n: int) -> str | None:
+    """A metadata line's "style": absent → None, a non-empty string → stripped, anything else → error."""
     if value is None or (isinstance(value, str) and value.strip()):
         return value.strip() if isinstance(value, str) else None
     raise LatentDiffError(f"{meta}:{n}: style must be a non-empty string, got {value!r}")
