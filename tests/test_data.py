@@ -288,7 +288,7 @@ def test_caption_sampler_dropout_templates_and_determinism():
     assert 0.07 <= captions.count("") / 1000 <= 0.13
     kept = [c for c in captions if c]
     assert all("cat face" in c for c in kept)
-    assert {t.format("cat face") for t in EMOJI_TEMPLATES} <= set(kept)
+    assert {t.replace("{style}", "3d").format("cat face") for t in EMOJI_TEMPLATES} <= set(kept)
     assert any(c.endswith(("kitten", "pet", "animal")) for c in kept)
     assert captions == [sampler(record, r) for r in [random.Random(0)] for _ in range(1000)]
     with pytest.raises(LatentDiffError):
@@ -334,3 +334,167 @@ def test_dataset_with_buckets(tmp_path):
     shapes = {dataset[i]["caption"]: tuple(dataset[i]["pixel_values"].shape) for i in range(2)}
     assert shapes["wide"][2] > shapes["wide"][1] and shapes["tall"][1] > shapes["tall"][2]
     assert all(s[1] % 16 == 0 and s[2] % 16 == 0 for s in shapes.values())
+
+
+# -- more sets, styles, and the builder's inputs (issues 12 and 13) -------------------------------------------------
+def png(colour=(30, 160, 60, 255), size=(8, 8)) -> bytes:
+    """An RGBA PNG of one colour with a transparent corner, as the emoji-datasource 64×64 images are."""
+    image = Image.new("RGBA", size, colour)
+    image.putpixel((0, 0), (0, 0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+NOTO = {  # emoji-datasource-google's layout: package/img/google/64/<codepoints>.png, FE0F kept in names
+    "1f431.png": png(),
+    "1f40d.png": png(),                           # snake: held out, in this style too
+    "263a-fe0f.png": png(),
+    "1f441-fe0f-200d-1f5e8-fe0f.png": png(),
+    "1f9ff.png": png(),                           # no emojibase label: unmatched
+}
+
+
+def make_set_tarballs(folder: Path) -> Path:
+    """The Fluent 3D + emojibase tarballs plus fake Noto and Twemoji ones (with a sheet that must be ignored)."""
+    make_tarballs(folder)
+    for stem, sub in (("emoji-datasource-google-16.0.0", "google"), ("emoji-datasource-twitter-16.0.0", "twitter")):
+        with tarfile.open(folder / f"{stem}.tgz", "w:gz") as tar:
+            add_file(tar, "package/LICENSE", b"MIT (code); images: see README")
+            add_file(tar, f"package/img/{sub}/sheets/64.png", png(size=(16, 16)))
+            for name, data in NOTO.items():
+                add_file(tar, f"package/img/{sub}/64/{name}", data)
+    return folder
+
+
+def test_build_sets_carry_style_and_keep_holdout_in_every_style(tmp_path):
+    tarballs = make_set_tarballs(tmp_path / "npm")
+    report = build_emoji_dataset(tmp_path / "out", tarballs=tarballs, size=SIDE, progress=False,
+                                 sets=("fluent3d", "noto", "twemoji"))
+    assert report.per_set == {"fluent3d": 9, "noto": 4, "twemoji": 4}
+    assert report.images == 17 and report.unmatched == 2 + 1 + 1  # 1f9ff and not-hex (3d), 1f9ff in each other set
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()]
+    by_file = {r["file_name"]: r for r in rows}
+    assert by_file["noto/1f431.png"] == {
+        "file_name": "noto/1f431.png", "text": "cat face", "tags": ENTRIES[0]["tags"], "group": "animals-nature",
+        "subgroup": "animal-mammal", "codepoints": "1f431", "emoji": "🐱", "split": "train", "style": "noto flat",
+        "set": "noto"}
+    assert by_file["1f431.png"]["style"] == "3d" and by_file["twemoji/1f431.png"]["style"] == "twemoji flat"
+    assert by_file["noto/263a.png"]["text"] == "smiling face"                           # FE0F dropped in the name
+    assert by_file["twemoji/1f441-200d-1f5e8.png"]["text"] == "eye in speech bubble"
+    held = {r["file_name"] for r in rows if r["split"] == "holdout"}
+    assert held == {"1f40d.png", "noto/1f40d.png", "twemoji/1f40d.png"}  # snake, held out in all three styles
+    holdout_txt = (tmp_path / "out" / "holdout.txt").read_text(encoding="utf-8")
+    assert "noto/1f40d.png\tsnake" in holdout_txt and "twemoji/1f40d.png\tsnake" in holdout_txt
+    assert Image.open(tmp_path / "out" / "noto" / "1f431.png").getpixel((0, 0)) == (255, 255, 255)  # on white
+    assert Image.open(tmp_path / "out" / "noto" / "1f431.png").size == (SIDE, SIDE)
+    sources = (tmp_path / "out" / "SOURCES.txt").read_text(encoding="utf-8")
+    assert "Apache License 2.0" in sources and "CC-BY 4.0" in sources and "emoji-datasource-twitter@16.0.0" in sources
+
+    # the dataset reads the styles, and captions name them; a bare label stays Fluent 3D's
+    records, _ = scan_folder(tmp_path / "out", progress=False)
+    style = {r.path.relative_to(tmp_path / "out").as_posix(): r.style for r in records}
+    assert style["1f431.png"] == "3d" and style["noto/1f431.png"] == "noto flat"
+    train = ImageCaptionDataset(tmp_path / "out", resolution=8, split="train", progress=False)
+    assert len(train) == 14 and not any(r.text == "snake" for r in train.records)
+    noto = next(r for r in records if r.path.name == "1f431.png" and r.style == "noto flat")
+    three = next(r for r in records if r.path.name == "1f431.png" and r.style == "3d")
+    sampler = CaptionSampler(EMOJI_TEMPLATES, p_tags=0.0, p_drop=0.0)
+    assert [sampler.fill(t, noto) for t in EMOJI_TEMPLATES] == [
+        "cat face, noto flat emoji", "a noto flat emoji of cat face", "cat face, noto flat emoji",
+        "a noto flat render of cat face", "an emoji of cat face, noto flat icon"]
+    assert [sampler.fill(t, three) for t in EMOJI_TEMPLATES] == [
+        "cat face", "a 3d emoji of cat face", "cat face, 3d emoji", "a 3d render of cat face",
+        "an emoji of cat face, 3d icon"]
+
+
+def test_build_sets_errors(tmp_path, capsys):
+    tarballs = make_tarballs(tmp_path / "npm")  # no Noto tarball there
+    with pytest.raises(LatentDiffError, match="emoji-datasource-google-16.0.0.tgz not found"):
+        build_emoji_dataset(tmp_path / "out", tarballs=tarballs, size=SIDE, progress=False, sets=("fluent3d", "noto"))
+    from latentdiff.cli import main
+
+    for bad in ("fluent3d,apple", "noto,noto", ","):
+        assert main(["data", "emoji", str(tmp_path / "out"), "--tarballs", str(tarballs), "--sets", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --sets takes distinct names from fluent3d, noto, twemoji") and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["npm"]
+
+
+def test_overwrite_replaces_only_a_folder_the_builder_made(built, tmp_path, capsys):
+    from latentdiff.cli import main
+
+    tarballs = built[2]
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("five years of work")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.png").write_bytes(png())
+    for folder in (thesis, photos):
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert main(["data", "emoji", str(folder), "--tarballs", str(tarballs), "--size", "8", "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "was not made by `latentdiff data emoji`" in err and err.count("\n") == 1
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    made = tmp_path / "made"
+    assert main(["data", "emoji", str(made), "--tarballs", str(tarballs), "--size", "8"]) == 0
+    assert json.loads((made / emoji.MARKER).read_text())["builder"] == "latentdiff data emoji"
+    (made / "stale.png").write_bytes(png())
+    assert main(["data", "emoji", str(made), "--tarballs", str(tarballs), "--size", "8", "--overwrite"]) == 0
+    assert not (made / "stale.png").exists() and (made / "1f431.png").is_file() and (made / emoji.MARKER).is_file()
+    assert sorted(os.listdir(tmp_path)) == ["made", "photos", "thesis"]
+
+
+@pytest.mark.parametrize("target", [".", "..", "./"])
+@pytest.mark.parametrize("cwd_empty", [True, False])
+def test_out_dir_current_folder_is_one_line_error(built, tmp_path, monkeypatch, capsys, target, cwd_empty):
+    from latentdiff.cli import main
+
+    here = tmp_path / "here"
+    here.mkdir()
+    if not cwd_empty:
+        (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(here))
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "emoji", target, "--tarballs", str(built[2]), "--size", "8", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: OUT_DIR") and "current folder" in err and err.count("\n") == 1
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(here))) == before
+
+
+def test_out_dir_that_is_a_file(built, tmp_path):
+    (tmp_path / "x").write_text("a file")
+    with pytest.raises(LatentDiffError, match="exists and is not a folder"):
+        build_emoji_dataset(tmp_path / "x", tarballs=built[2], size=SIDE, progress=False, overwrite=True)
+    assert (tmp_path / "x").read_text() == "a file"
+
+
+def test_npm_failure_names_the_cause_and_the_tarballs_flag(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"  # npm 10's output when the registry refuses the connection
+    npm.write_text('#!/bin/sh\ncat >&2 <<EOF\nnpm error code ECONNREFUSED\nnpm error syscall connect\n'
+                   'npm error errno ECONNREFUSED\nnpm error FetchError: request to https://registry.npmjs.org/'
+                   'emojibase-data failed, reason: connect ECONNREFUSED 127.0.0.1:443\n'
+                   'npm error A complete log of this run can be found in: /root/.npm/_logs/x-debug-0.log\nEOF\n'
+                   'exit 1\n')
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(LatentDiffError) as e:
+        build_emoji_dataset(tmp_path / "out", cache_dir=tmp_path / "cache", size=SIDE, progress=False)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "reason: connect ECONNREFUSED 127.0.0.1:443" in message and "complete log" not in message
+    assert "--tarballs DIR" in message and "npm pack @lobehub/fluent-emoji-3d@1.1.0" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_style_must_be_a_string(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "cat", "style": 5}) + "\n")
+    with pytest.raises(LatentDiffError, match=r"metadata.jsonl:1: style must be a non-empty string, got 5"):
+        scan_folder(tmp_path, progress=False)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "cat", "style": " flat "}) + "\n")
+    assert scan_folder(tmp_path, progress=False)[0][0].style == "flat"

@@ -5,7 +5,7 @@ its immediate sub-folders (one level, so kohya's ``10_name/`` folders work):
 
 * image folder: images plus ``metadata.jsonl`` lines ``{"file_name": ..., "text": ..., ...}``;
   optional fields ``tags`` (list or comma-separated string), ``split`` ("train" | "holdout"),
-  ``group``, ``subgroup``;
+  ``group``, ``subgroup``, ``style`` (e.g. "3d", "noto flat": captions name it, see CaptionSampler);
 * kohya: ``name.png`` plus ``name.txt`` holding the caption.
 
 An optional ``holdout.txt`` in the root lists file names (first tab-separated column, ``#`` comments)
@@ -59,6 +59,7 @@ class Record:
     size: tuple[int, int] = (0, 0)  # (width, height), read at scan time
     group: str | None = None        # coarse class, e.g. emoji group "animals-nature"
     subgroup: str | None = None     # finer class, e.g. "animal-mammal"
+    style: str | None = None        # image style for captions, e.g. "3d", "noto flat"; None: the default style
 
 
 @dataclass
@@ -105,6 +106,13 @@ def _parse_tags(value: object) -> tuple[str, ...]:
     return tuple(str(t).strip() for t in value if str(t).strip())
 
 
+def _parse_style(value: object, meta: Path, n: int) -> str | None:
+    """A metadata line's "style": absent → None, a non-empty string → stripped, anything else → error."""
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value.strip() if isinstance(value, str) else None
+    raise LatentDiffError(f"{meta}:{n}: style must be a non-empty string, got {value!r}")
+
+
 def _read_holdout(root: Path) -> set[str]:
     path = root / "holdout.txt"
     if not path.is_file():
@@ -136,7 +144,8 @@ def _metadata_candidates(folder: Path, root: Path, holdout: set[str]) -> list[tu
         if split not in SPLITS:
             raise LatentDiffError(f"{meta}:{n}: split must be one of {SPLITS}, got {split!r}")
         out.append((path, {"text": row.get("text", row.get("caption")), "tags": _parse_tags(row.get("tags")),
-                           "split": split, "group": row.get("group"), "subgroup": row.get("subgroup")}))
+                           "split": split, "group": row.get("group"), "subgroup": row.get("subgroup"),
+                           "style": _parse_style(row.get("style"), meta, n)}))
     return out
 
 
@@ -174,7 +183,8 @@ def scan_folder(root: str | Path, *, progress: bool = True) -> tuple[list[Record
             txt = path.with_suffix(".txt")
             text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
             split = "holdout" if path.relative_to(root).as_posix() in holdout else "train"
-            candidates[path] = {"text": text, "tags": (), "split": split, "group": None, "subgroup": None}
+            candidates[path] = {"text": text, "tags": (), "split": split, "group": None, "subgroup": None,
+                               "style": None}
     if not candidates and not report.missing:
         raise LatentDiffError(f"no images in {root} (expected images with metadata.jsonl or same-stem .txt captions)")
 
@@ -189,7 +199,7 @@ def scan_folder(root: str | Path, *, progress: bool = True) -> tuple[list[Record
             report._skip("unreadable", path)
             continue
         records.append(Record(path=path, text=info["text"].strip(), tags=info["tags"], split=info["split"],
-                              size=size, group=info["group"], subgroup=info["subgroup"]))
+                              size=size, group=info["group"], subgroup=info["subgroup"], style=info["style"]))
     report.images = len(records)
     if report.skipped:
         log.warning("dataset %s: %s", root, report.summary())
@@ -198,36 +208,49 @@ def scan_folder(root: str | Path, *, progress: bool = True) -> tuple[list[Record
     return records, report
 
 
-EMOJI_TEMPLATES = (
+EMOJI_TEMPLATES = (  # "{style}" is the record's style ("3d" when it has none)
     "{}",
-    "a 3d emoji of {}",
-    "{}, 3d emoji",
-    "a 3d render of {}",
-    "an emoji of {}, 3d icon",
+    "a {style} emoji of {}",
+    "{}, {style} emoji",
+    "a {style} render of {}",
+    "an emoji of {}, {style} icon",
 )
 
 
 @dataclass(frozen=True)
 class CaptionSampler:
-    """Varied training captions from a record: a template around the label, optional tags, dropout."""
+    """Varied training captions from a record: a template around the label and style, optional tags, dropout.
+
+    A template's "{style}" becomes the record's style (default_style when it has none). A template without
+    "{style}" gets ", <style> emoji" appended for a record whose style is not the default, so a bare label
+    always means the default style (Fluent 3D for the emoji set) and other styles must be asked for.
+    """
 
     templates: tuple[str, ...] = ("{}",)  # each holds one "{}" for the label; see EMOJI_TEMPLATES
     p_tags: float = 0.3                   # chance of appending ", tag1, tag2" (shuffled subset)
     max_tags: int = 3                     # at most this many tags appended
     p_drop: float = 0.1                   # empty caption for classifier-free guidance, https://arxiv.org/abs/2207.12598
+    default_style: str = "3d"             # the style a bare label stands for
 
     def __post_init__(self) -> None:
-        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+        if not self.templates or any(t.replace("{style}", "").count("{}") != 1 for t in self.templates):
             raise LatentDiffError("caption templates must be non-empty and each contain exactly one '{}'")
         for name in ("p_tags", "p_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LatentDiffError(f"caption {name} must be in [0, 1], got {getattr(self, name)}")
 
+    def fill(self, template: str, record: Record) -> str:
+        """One template filled with the record's label and style."""
+        style = record.style or self.default_style
+        if "{style}" not in template and style != self.default_style:
+            template += ", {style} emoji"
+        return template.replace("{style}", style).replace("{}", record.text)
+
     def __call__(self, record: Record, rng: random.Random) -> str:
         """A caption for record; "" with probability p_drop."""
         if rng.random() < self.p_drop:
             return ""
-        caption = rng.choice(self.templates).format(record.text)
+        caption = self.fill(rng.choice(self.templates), record)
         if record.tags and self.max_tags > 0 and rng.random() < self.p_tags:
             k = rng.randint(1, min(self.max_tags, len(record.tags)))
             caption += ", " + ", ".join(rng.sample(record.tags, k))

@@ -1,8 +1,14 @@
-"""Build the Fluent 3D emoji image-caption dataset from two npm packages (both MIT).
+"""Build the emoji image-caption dataset from npm packages: Fluent 3D, optionally more styles.
 
-Images: ``@lobehub/fluent-emoji-3d`` (RGBA 256×256 webp renders of Microsoft's Fluent 3D emoji, file
-name = codepoint sequence). Captions: ``emojibase-data`` (``en/data.json``: CLDR label, tags, group
-and subgroup per emoji, skin-tone variants under ``skins``; ``meta/groups.json`` names the groups).
+Images: ``@lobehub/fluent-emoji-3d`` (MIT; RGBA 256×256 webp renders of Microsoft's Fluent 3D emoji, file
+name = codepoint sequence), and with ``sets`` also ``emoji-datasource-google`` (Noto Color Emoji,
+Apache-2.0) and ``emoji-datasource-twitter`` (Twemoji, CC-BY 4.0), 64×64 PNGs named the same way.
+Captions: ``emojibase-data`` (MIT; ``en/data.json``: CLDR label, tags, group and subgroup per emoji,
+skin-tone variants under ``skins``; ``meta/groups.json`` names the groups).
+
+Sets left out: Apple's and Facebook's images (not openly licensed); OpenMoji (CC BY-SA 4.0) and Fluent
+flat (``@lobehub/fluent-emoji-flat``) ship SVG only, which needs a rasteriser this builder does not
+have; ``@lobehub/fluent-emoji`` holds no images (it is a React component that loads them from a CDN).
 
 Choices, fixed so that every build is the same dataset:
 
@@ -21,9 +27,14 @@ Choices, fixed so that every build is the same dataset:
   (about 5%). "cat face", "cat" and "astronaut" are in training; "snake", "volcano", "OK hand" (all
   five tones) are examples of held-out emoji. Written
   as the ``split`` field of ``metadata.jsonl`` and as ``holdout.txt``.
-* Output: ``<codepoints>.png`` plus ``metadata.jsonl`` (``file_name``, ``text`` = CLDR label,
-  ``tags``, ``group``, ``subgroup``, ``codepoints``, ``emoji``, ``split``). Written into a temporary
-  folder beside ``out_dir`` and renamed at the end, so a failed build leaves nothing half-written.
+* Styles: every metadata line has ``style`` ("3d" for Fluent 3D, "noto flat", "twemoji flat") and
+  ``set``; the caption templates put the style into the caption, and a bare label means Fluent 3D.
+  Hold-out is by base codepoints, so a held-out emoji is held out in every style.
+* Output: ``<codepoints>.png`` for Fluent 3D and ``<set>/<codepoints>.png`` for the others, plus
+  ``metadata.jsonl`` (``file_name``, ``text`` = CLDR label, ``tags``, ``group``, ``subgroup``,
+  ``codepoints``, ``emoji``, ``split``, ``style``, ``set``) and the marker file ``.latentdiff-emoji``.
+  Written into a temporary folder beside ``out_dir`` and renamed at the end, so a failed build leaves
+  nothing half-written. ``overwrite`` replaces only a folder that holds the marker (one this builder made).
 """
 
 from __future__ import annotations
@@ -50,8 +61,41 @@ IMAGES_PACKAGE = ("@lobehub/fluent-emoji-3d", "1.1.0", "lobehub-fluent-emoji-3d"
 LABELS_PACKAGE = ("emojibase-data", "17.0.0", "emojibase-data")
 HOLDOUT_MODULUS = 20
 DROPPED_CODEPOINTS = frozenset({"fe0f", "e007f"})  # variation selector-16, cancel tag
+MARKER = ".latentdiff-emoji"  # written into every built folder; --overwrite replaces only folders holding it
 SKIN_TONES = {"1f3fb": "light skin tone", "1f3fc": "medium-light skin tone", "1f3fd": "medium skin tone",
               "1f3fe": "medium-dark skin tone", "1f3ff": "dark skin tone"}
+
+
+@dataclass(frozen=True)
+class EmojiSet:
+    """One npm package of emoji images: where its images lie, their caption style and licence."""
+
+    name: str                       # key for --sets, e.g. "noto"
+    package: tuple[str, str, str]   # (npm name, pinned version, tarball stem)
+    folder: str                     # image folder inside the tarball, e.g. "package/img/google/64/"
+    suffix: str                     # image file suffix: ".webp" or ".png"
+    style: str                      # the style words captions carry, e.g. "3d", "noto flat"
+    source: str                     # licence and attribution line for SOURCES.txt and the model card
+
+
+EMOJI_SETS = {s.name: s for s in (
+    EmojiSet("fluent3d", IMAGES_PACKAGE, "package/assets/", ".webp", "3d",
+             "Microsoft Fluent Emoji 3D, MIT (c) Microsoft Corporation"),
+    EmojiSet("noto", ("emoji-datasource-google", "16.0.0", "emoji-datasource-google"), "package/img/google/64/", ".png",
+             "noto flat", "Noto Color Emoji (c) Google, Apache License 2.0"),
+    EmojiSet("twemoji", ("emoji-datasource-twitter", "16.0.0", "emoji-datasource-twitter"), "package/img/twitter/64/",
+             ".png", "twemoji flat", "Twemoji (c) Twitter, Inc and other contributors, CC-BY 4.0"),
+)}
+DEFAULT_SETS = ("fluent3d",)
+
+
+def parse_sets(text: str) -> tuple[str, ...]:
+    """"fluent3d,noto" → ("fluent3d", "noto"); unknown or repeated names are a LatentDiffError."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in EMOJI_SETS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise LatentDiffError(f"--sets takes distinct names from {', '.join(EMOJI_SETS)}, got {text!r}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -80,6 +124,7 @@ class BuildReport:
     duplicates: int = 0                                            # other renders of a kept sequence
     unreadable: int = 0                                            # renders Pillow could not decode
     labels_without_image: int = 0                                  # emojibase entries with no render
+    per_set: dict[str, int] = field(default_factory=dict)          # images written per set
 
     def summary(self) -> str:
         """A few lines for the CLI."""
@@ -90,6 +135,8 @@ class BuildReport:
                  f"duplicates skipped: {self.duplicates}; unreadable: {self.unreadable}; "
                  f"matched by skin-tone fallback: {self.skin_fallback}; "
                  f"emojibase labels without a render: {self.labels_without_image}"]
+        if len(self.per_set) > 1:
+            lines.append("per set: " + ", ".join(f"{k} {v}" for k, v in self.per_set.items()))
         return "\n".join(lines)
 
 
@@ -177,23 +224,36 @@ def find_tarball(folder: Path, package: tuple[str, str, str]) -> Path:
                           f"`npm pack {package[0]}@{package[1]}`)")
 
 
+def npm_failure_cause(stderr: str) -> str:
+    """The line of npm's error output that names the cause (error code, reason), not its log-file footer."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.removeprefix("npm error").removeprefix("npm ERR!").strip() for line in lines]
+    lines = [line for line in lines if line and "complete log of this run" not in line]
+    for marker in ("reason:", "code ", "404"):
+        for line in lines:
+            if marker in line:
+                return line
+    return lines[-1] if lines else "no output"
+
+
 def fetch_tarball(package: tuple[str, str, str], cache_dir: Path) -> Path:
     """The package tarball from the cache, downloaded there with `npm pack` if absent."""
     target = cache_dir / _tarball_name(package)
     if target.is_file():
         return target
+    hint = (f"download it where the registry is reachable (`npm pack {package[0]}@{package[1]}`) and pass "
+            f"--tarballs DIR holding {target.name}")
     npm = shutil.which("npm")
     if npm is None:
-        raise LatentDiffError("npm not found: install Node.js, or pass --tarballs DIR holding "
-                              f"{_tarball_name(IMAGES_PACKAGE)} and {_tarball_name(LABELS_PACKAGE)}")
+        raise LatentDiffError(f"npm not found: install Node.js, or {hint}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
         done = subprocess.run([npm, "pack", f"{package[0]}@{package[1]}", "--pack-destination", tmp],
                               capture_output=True, text=True)
         packed = Path(tmp) / target.name
         if done.returncode != 0 or not packed.is_file():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise LatentDiffError(f"npm pack {package[0]}@{package[1]} failed: {last}")
+            cause = npm_failure_cause(done.stderr) if done.returncode != 0 else f"no {target.name} written"
+            raise LatentDiffError(f"npm pack {package[0]}@{package[1]} failed ({cause}); {hint}")
         packed.replace(target)
     return target
 
@@ -213,51 +273,76 @@ def _open_tar(path: Path) -> tarfile.TarFile:
         raise LatentDiffError(f"cannot read tarball {path}: {e}") from None
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an out_dir that is the current folder (or holds it), a file, or a non-empty folder not built here."""
+    resolved, cwd = out_dir.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise LatentDiffError(f"OUT_DIR {out_dir} is the current folder or contains it; name a new folder, "
+                              "e.g. data/emoji")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LatentDiffError(f"{out_dir} exists and is not a folder; name a new folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise LatentDiffError(f"{out_dir} exists and is not empty (choose another folder or overwrite)")
+    if not (out_dir / MARKER).is_file():
+        raise LatentDiffError(f"{out_dir} was not made by `latentdiff data emoji` (no {MARKER} in it); "
+                              "refusing to replace it, choose another folder")
+
+
 def build_emoji_dataset(
     out_dir: str | Path,
     *,
     cache_dir: str | Path | None = None,              # npm tarball cache; default ~/.cache/latentdiff/npm
-    tarballs: str | Path | None = None,               # folder with the two .tgz already downloaded
+    tarballs: str | Path | None = None,               # folder with the .tgz files already downloaded
     size: int = 256,                                  # output side in pixels
     background: tuple[int, int, int] = WHITE,         # colour behind transparent pixels
-    overwrite: bool = False,                          # replace an existing non-empty out_dir
+    overwrite: bool = False,                          # replace a non-empty out_dir that this builder made
     progress: bool = True,                            # tqdm bar
+    sets: tuple[str, ...] = DEFAULT_SETS,             # image sets (EMOJI_SETS keys), e.g. ("fluent3d", "noto")
 ) -> BuildReport:
     """Write the emoji image-caption dataset (PNG + metadata.jsonl + holdout.txt) to out_dir."""
     out_dir = Path(out_dir)
     if size < 8:
         raise LatentDiffError(f"--size must be at least 8, got {size}")
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not overwrite:
-        raise LatentDiffError(f"{out_dir} exists and is not empty (choose another folder or overwrite)")
+    chosen = [EMOJI_SETS[n] for n in parse_sets(",".join(sets))]
+    check_out_dir(out_dir, overwrite)
     if tarballs is not None:
         folder = Path(tarballs)
         if not folder.is_dir():
             raise LatentDiffError(f"--tarballs folder not found: {folder}")
-        images_tgz, labels_tgz = find_tarball(folder, IMAGES_PACKAGE), find_tarball(folder, LABELS_PACKAGE)
+        get = lambda package: find_tarball(folder, package)  # noqa: E731
     else:
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        images_tgz, labels_tgz = fetch_tarball(IMAGES_PACKAGE, cache), fetch_tarball(LABELS_PACKAGE, cache)
+        get = lambda package: fetch_tarball(package, cache)  # noqa: E731
+    images = [(emoji_set, get(emoji_set.package)) for emoji_set in chosen]
+    labels_tgz = get(LABELS_PACKAGE)
 
     with _open_tar(labels_tgz) as tar:
         index = emojibase_index(_read_json(tar, "package/en/data.json"), _read_json(tar, "package/meta/groups.json"))
     with atomic_folder(out_dir, prefix="building-") as tmp:
-        report = _write_dataset(images_tgz, index, tmp, size, background, progress)
+        report = _write_dataset(images, index, tmp, size, background, progress)
+        sources = "".join(f"Images ({s.name}, style \"{s.style}\"): npm {s.package[0]}@{s.package[1]} ({tgz.name}), "
+                          f"{s.source}.\n" for s, tgz in images)
         (tmp / "SOURCES.txt").write_text(
-            f"Images: npm {IMAGES_PACKAGE[0]}@{IMAGES_PACKAGE[1]} ({images_tgz.name}), MIT, Microsoft Fluent Emoji.\n"
-            f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
+            sources + f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
             f"Built by latentdiff.training.emoji: {size}x{size} PNG on background {background}; "
             f"hold-out = sha256(base codepoints) % {HOLDOUT_MODULUS} == 0.\n", encoding="utf-8")
+        (tmp / MARKER).write_text(json.dumps({"builder": "latentdiff data emoji", "sets": list(sets), "size": size})
+                                  + "\n", encoding="utf-8")
     report.out_dir = out_dir
     return report
 
 
-def _read_renders(images_tgz: Path) -> dict[str, bytes]:
-    """File name → webp bytes for every render in the tarball, read in archive order (one pass)."""
+def _read_renders(images_tgz: Path, emoji_set: EmojiSet) -> dict[str, bytes]:
+    """File name → image bytes for every image of the set in the tarball, read in archive order (one pass)."""
     with _open_tar(images_tgz) as tar:
-        renders = {Path(m.name).name: tar.extractfile(m).read()
-                   for m in tar if m.isfile() and m.name.endswith(".webp")}
+        renders = {Path(m.name).name: tar.extractfile(m).read() for m in tar
+                   if m.isfile() and m.name.startswith(emoji_set.folder) and m.name.endswith(emoji_set.suffix)
+                   and "/" not in m.name[len(emoji_set.folder):]}
     if not renders:
-        raise LatentDiffError(f"{images_tgz}: no .webp renders inside; is this the fluent-emoji-3d tarball?")
+        raise LatentDiffError(f"{images_tgz}: no {emoji_set.folder}*{emoji_set.suffix} images inside; "
+                              f"is this the {emoji_set.package[0]} tarball?")
     return renders
 
 
@@ -267,10 +352,30 @@ def _preference(file_name: str, info: EmojiInfo) -> tuple:
     return stem != info.hexcode.lower(), -len(stem.split("-")), file_name
 
 
-def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, size: int,
+def _write_dataset(images: list[tuple[EmojiSet, Path]], index: dict[str, EmojiInfo], out: Path, size: int,
                    background: tuple[int, int, int], progress: bool) -> BuildReport:
     report = BuildReport(out_dir=out)
-    renders = _read_renders(images_tgz)
+    lines, holdout, seen = [], [], set()
+    for emoji_set, images_tgz in images:
+        before = len(lines)
+        seen |= _write_set(emoji_set, images_tgz, index, out, size, background, progress, report, lines, holdout)
+        report.per_set[emoji_set.name] = len(lines) - before
+    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    (out / "holdout.txt").write_text(
+        f"# held-out emoji: sha256(base codepoints) % {HOLDOUT_MODULUS} == 0; file_name<TAB>label\n"
+        + "".join(line + "\n" for line in holdout), encoding="utf-8")
+    report.images, report.held_out = len(lines), len(holdout)
+    report.labels_without_image = sum(1 for k in index if k not in seen)
+    return report
+
+
+def _write_set(emoji_set: EmojiSet, images_tgz: Path, index: dict[str, EmojiInfo], out: Path, size: int,
+               background: tuple[int, int, int], progress: bool, report: BuildReport,
+               lines: list[dict], holdout: list[str]) -> set[str]:
+    """Write one set's images and append their metadata lines; returns the codepoint keys it had renders for."""
+    renders = _read_renders(images_tgz, emoji_set)
     by_key: dict[str, list[tuple[str, EmojiInfo, bool]]] = {}
     for file_name in sorted(renders):
         try:
@@ -285,8 +390,10 @@ def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, siz
         else:
             by_key.setdefault(key, []).append((file_name, info, fallback))
 
-    lines, holdout = [], []
-    for key in tqdm(sorted(by_key), desc="emoji", unit="img", disable=None if progress else True):
+    sub = "" if emoji_set.name == DEFAULT_SETS[0] else f"{emoji_set.name}/"
+    if sub:
+        (out / sub).mkdir()
+    for key in tqdm(sorted(by_key), desc=emoji_set.name, unit="img", disable=None if progress else True):
         candidates = sorted(by_key[key], key=lambda c: _preference(c[0], c[1]))
         image = None
         for tried, (file_name, info, fallback) in enumerate(candidates, 1):  # the first that decodes
@@ -300,20 +407,11 @@ def _write_dataset(images_tgz: Path, index: dict[str, EmojiInfo], out: Path, siz
         report.duplicates += len(candidates) - tried
         report.skin_fallback += fallback
         split = "holdout" if is_held_out(info.base) else "train"
-        out_name = f"{key}.png"
+        out_name = f"{sub}{key}.png"
         image.save(out / out_name)
         lines.append({"file_name": out_name, "text": info.label, "tags": list(info.tags),
                       "group": info.group, "subgroup": info.subgroup, "codepoints": key,
-                      "emoji": info.emoji, "split": split})
+                      "emoji": info.emoji, "split": split, "style": emoji_set.style, "set": emoji_set.name})
         if split == "holdout":
             holdout.append(f"{out_name}\t{info.label}")
-    with open(out / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    (out / "holdout.txt").write_text(
-        f"# held-out emoji: sha256(base codepoints) % {HOLDOUT_MODULUS} == 0; file_name<TAB>label\n"
-        + "".join(line + "\n" for line in holdout), encoding="utf-8")
-    report.images, report.held_out = len(lines), len(holdout)
-    report.labels_without_image = sum(1 for k in index if k not in by_key)
-    return report
-
+    return set(by_key)
