@@ -46,7 +46,7 @@ def test_png_carries_parameters_and_replays(capsys, tmp_path, tiny_folder):
         meta = json.loads(im.info["latentdiff"])
         assert im.size == (48, 64)
     assert text.splitlines() == ["a cat", "Negative prompt: dog",
-                                 f"Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 48x64, "
+                                 f"Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 48x64, RNG: CPU, "
                                  f"Model hash: {model_hash(tiny_folder)}, Model: tiny-sd1"]
     assert meta["sampler"] == "euler_a" and meta["seed"] == 11 and meta["model"] == str(tiny_folder)
     again = tmp_path / "again.png"

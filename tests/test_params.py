@@ -134,3 +134,17 @@ def test_model_hash_of_file_and_folder(tmp_path, tiny_folder, tiny_single_file):
     cfg = folder / "scheduler" / "scheduler_config.json"
     cfg.write_text(cfg.read_text().replace("scaled_linear", "linear"))
     assert model_hash(folder) != h
+
+
+def test_our_text_names_the_cpu_noise_and_reads_back_without_notices(tiny_folder):
+    from latentdiff.pipelines.replay import from_a1111
+
+    p = GenerationParams(prompt="a (red) cat", negative_prompt="dog", sampler="dpmpp_2m_karras", steps=7, seed=3, width=64,
+                         height=48, guidance_scale=4.5, clip_skip=1, model=str(tiny_folder), model_hash=model_hash(tiny_folder))
+    assert "RNG: CPU" in p.to_a1111()
+    src = from_a1111(p.to_a1111())
+    assert src.notices == ["prompt weighting like (word), (word:1.2) or [word] is not one of ours; the text is used as written"]
+    q = src.params
+    assert (q.prompt, q.negative_prompt, q.sampler, q.steps, q.seed, q.width, q.height, q.guidance_scale, q.clip_skip,
+            q.model_hash, src.model_name) == ("a (red) cat", "dog", "dpmpp_2m_karras", 7, 3, 64, 48, 4.5, 1,
+                                              model_hash(tiny_folder), "tiny-sd1")

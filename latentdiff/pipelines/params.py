@@ -44,6 +44,7 @@ class GenerationParams:
             lines.append(f"Negative prompt: {self.negative_prompt}")
         pairs = {"Steps": self.steps, **a1111_fields(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
                  "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        pairs["RNG"] = "CPU"  # our noise: torch.randn on a CPU generator seeded per image; A1111 ≥ 1.6 then starts from the same
         if self.model_hash:
             pairs["Model hash"] = self.model_hash
         if self.model:
