@@ -184,3 +184,18 @@ def test_a1111_text_without_settings_or_with_unknown_sampler(tmp_path):
     Image.new("RGB", (8, 8)).save(plain)
     assert main(["generate", "--replay", str(plain), "--out", str(tmp_path / "o.png")]) == 2
     assert not (tmp_path / "o.png").exists()
+
+
+def test_an_fp16_png_replays_in_fp32_on_a_cpu_with_a_note(tmp_path):
+    from latentdiff.pipelines.params import GenerationParams, save_png
+
+    png = save_png(Image.new("RGB", (64, 64)), GenerationParams(prompt="a cat", steps=4, dtype="float16", model="default"),
+                   tmp_path / "half.png")
+    args = SimpleNamespace(replay=str(png), prompt=None, negative="", steps=None, sampler=None, guidance=None, seed=None,
+                           width=None, height=None, guidance_rescale=0.0, clip_skip=0, dtype="auto", device="cpu",
+                           num=1, model=None, lora=[])
+    lines, _ = apply_replay(args, "generate")
+    assert (args.dtype, args.model, args.steps) == ("fp32", None, 4)
+    assert lines == ["note: drawn in fp16, which this CPU cannot run; drawing in fp32"]
+    args.replay, args.dtype, args.steps = str(png), "bf16", None
+    assert apply_replay(args, "generate")[0] == [] and args.dtype == "bf16"

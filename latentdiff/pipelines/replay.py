@@ -194,7 +194,7 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
             setattr(args, name, value)
     if args.dtype == "auto" and p.dtype:
         args.dtype = DTYPE_FLAGS.get(p.dtype, p.dtype)
-        if args.dtype == "fp16" and args.device in ("cpu", "auto") and not _cuda():
+        if args.dtype == "fp16" and (str(args.device).startswith("cpu") or (args.device == "auto" and not _cuda())):
             args.dtype = "fp32"
             lines.append("note: drawn in fp16, which this CPU cannot run; drawing in fp32")
     _replay_model(args, src, lines)
