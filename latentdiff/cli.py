@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="draw images from a prompt")
     g.add_argument("prompt", nargs="?", default=None, help='the prompt ("" for unconditional)')
-    g.add_argument("--replay", metavar="PNG", help="draw again the image a latentdiff PNG was made with")
+    g.add_argument("--replay", metavar="PNG", help="draw again the image a PNG (ours or A1111's) was made with; flags override its settings")
     add_model_args(g)
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
@@ -141,26 +141,20 @@ def check_request(p, num: int) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .pipelines.params import GenerationParams, read_png_params, save_png
+    from .pipelines.params import GenerationParams, save_png
+    from .pipelines.replay import apply_replay
     from .pipelines.text_to_image import LatentDiffusionPipeline
 
-    if args.replay:
-        p = read_png_params(args.replay)
-        if "Init image hash" in p.extra:  # drawn from an input picture: generate cannot redraw it
-            mode = "inpaint" if "Mask hash" in p.extra else "img2img"
-            raise LatentDiffError(f"{args.replay} was drawn by {mode} from an input picture; redraw it with `latentdiff {mode} "
-                                  f"--image INPUT{' --mask MASK' if mode == 'inpaint' else ''} --replay {args.replay}`")
-        model = args.model or p.model
-        loras = [tuple(x) for x in p.loras]
-    else:
-        if args.prompt is None:
-            raise LatentDiffError("give a prompt (\"\" for unconditional) or --replay IMAGE.png")
-        p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,  # None: the model's default (pipe.sampling_settings)
-                             steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
-                             seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
-                             clip_skip=args.clip_skip)
-        model, loras = args.model, args.lora
-    num = 1 if args.replay else args.num
+    for line in apply_replay(args, "generate")[0] if args.replay else []:  # the PNG's settings unless a flag overrides
+        print(line, file=sys.stderr)
+    if args.prompt is None:
+        raise LatentDiffError("give a prompt (\"\" for unconditional) or --replay IMAGE.png")
+    p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,  # None: the model's default (pipe.sampling_settings)
+                         steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
+                         seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
+                         clip_skip=args.clip_skip)
+    model, loras = args.model, args.lora
+    num = args.num
     check_request(p, num)
     paths = output_paths(args.out, num)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from latentdiff.cli import main
+from latentdiff.hashes import model_hash
 from latentdiff.pipelines.params import read_png_params
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
@@ -45,7 +46,8 @@ def test_png_carries_parameters_and_replays(capsys, tmp_path, tiny_folder):
         meta = json.loads(im.info["latentdiff"])
         assert im.size == (48, 64)
     assert text.splitlines() == ["a cat", "Negative prompt: dog",
-                                 "Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 48x64, Model: tiny-sd1"]
+                                 f"Steps: 3, Sampler: Euler a, CFG scale: 5, Seed: 11, Size: 48x64, RNG: CPU, "
+                                 f"Model hash: {model_hash(tiny_folder)}, Model: tiny-sd1"]
     assert meta["sampler"] == "euler_a" and meta["seed"] == 11 and meta["model"] == str(tiny_folder)
     again = tmp_path / "again.png"
     assert run(capsys, "generate", "--replay", out, "--out", again, "--dtype", "fp32")[0] == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -213,12 +212,10 @@ def load_components(path: str | os.PathLike, *, allow_pickle: bool = False, pred
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """A1111's model hash: the first 10 hex digits of the file's sha256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:10]
+    """A1111's model hash: the first 10 hex digits of the file's sha256; for a folder see `latentdiff.hashes.model_hash`."""
+    from ..hashes import model_hash
+
+    return model_hash(path)
 
 
 def save_single_file(c: Components, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -41,36 +41,21 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_inpaint)
 
 
-# PNG extra key → (argument, type) that --replay restores, per command
-REPLAYED = {"img2img": {"Denoising strength": ("strength", float)},
-            "inpaint": {"Denoising strength": ("strength", float), "Mask threshold": ("mask_threshold", float),
-                        "Mask blur": ("mask_blur", float), "Overlay original": ("overlay", lambda v: str(v) == "True")}}
-
-
 def _apply_replay(args, mode: str) -> dict[str, str]:
-    """--replay PNG: every setting from the PNG (the model and LoRAs too unless given); returns the input hashes to check."""
+    """--replay PNG: the PNG's settings unless a flag overrides them (latentdiff.pipelines.replay); the input hashes to check."""
+    import sys
+
     from ..errors import LatentDiffError
-    from .params import read_png_params
+    from .replay import apply_replay
 
     if args.replay is None:
         if args.prompt is None:
             raise LatentDiffError("give a prompt (\"\" for unconditional) or --replay IMAGE.png")
         return {}
-    p = read_png_params(args.replay)
-    drawn_by = ("inpaint" if "Mask hash" in p.extra else "img2img") if "Init image hash" in p.extra else "generate"
-    if drawn_by != mode:
-        raise LatentDiffError(f"{args.replay} was drawn by {drawn_by}, not {mode}; replay it with `latentdiff {drawn_by}"
-                              f"{'' if drawn_by == 'generate' else ' --image INPUT'}{' --mask MASK' if drawn_by == 'inpaint' else ''}"
-                              f" --replay {args.replay}`")
-    args.prompt, args.negative, args.steps, args.sampler = p.prompt, p.negative_prompt, p.steps, p.sampler
-    args.guidance, args.seed, args.width, args.height, args.num = p.guidance_scale, p.seed, p.width, p.height, 1
-    args.guidance_rescale, args.clip_skip = p.guidance_rescale, p.clip_skip
-    args.model = args.model or p.model or None
-    args.lora = args.lora or [tuple(x) for x in p.loras]
-    for key, (name, kind) in REPLAYED[mode].items():
-        if key in p.extra:
-            setattr(args, name, kind(p.extra[key]))
-    return {"image": p.extra["Init image hash"], "mask": p.extra.get("Mask hash", "")}
+    lines, expected = apply_replay(args, mode)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return expected
 
 
 def _check_inputs(replay: str | None, expected: dict[str, str], actual: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ from PIL import Image, PngImagePlugin
 
 from ..errors import LatentDiffError
 from ..fileio import atomic_write
-from .samplers import display_name
+from .samplers import a1111_fields
 
 JSON_KEY = "latentdiff"
 
@@ -29,20 +29,22 @@ class GenerationParams:
     width: int = 512
     height: int = 512
     model: str = ""                 # the path given to from_pretrained, or "default"
-    model_hash: str = ""            # sha256[:10] of a single-file checkpoint (A1111's "Model hash")
+    model_hash: str = ""            # A1111's "Model hash": sha256[:10] of the file; latentdiff.hashes for a folder
     guidance_rescale: float = 0.0
     clip_skip: int = 0
     loras: list = field(default_factory=list)   # [[path, weight], ...]
-    dtype: str = ""
+    dtype: str = ""                 # torch dtype name the image was drawn in ("float32", "bfloat16", ...)
+    lora_hashes: dict = field(default_factory=dict)  # {lora path: A1111 "Lora hashes" entry (12 hex)}
     extra: dict = field(default_factory=dict)   # mode-specific settings (img2img strength, mask, input hash, ...)
 
     def to_a1111(self) -> str:
-        """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
-        lines = [self.prompt + "".join(f" <lora:{Path(p).stem}:{w:g}>" for p, w in self.loras)]
+        """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs as A1111 ≥ 1.9 reads them."""
+        lines = [self.prompt + "".join(f" <lora:{lora_alias(p)}:{w:g}>" for p, w in self.loras)]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        pairs = {"Steps": self.steps, "Sampler": display_name(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
+        pairs = {"Steps": self.steps, **a1111_fields(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
                  "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
+        pairs["RNG"] = "CPU"  # our noise: torch.randn on a CPU generator seeded per image; A1111 ≥ 1.6 then starts from the same
         if self.model_hash:
             pairs["Model hash"] = self.model_hash
         if self.model:
@@ -51,19 +53,94 @@ class GenerationParams:
             pairs["Clip skip"] = self.clip_skip + 1  # A1111 counts "1" as no skip
         if self.guidance_rescale:
             pairs["CFG Rescale"] = f"{self.guidance_rescale:g}"
+        hashes = self.lora_hash_map()
+        if hashes:
+            pairs["Lora hashes"] = ", ".join(f"{lora_alias(p)}: {hashes[p]}" for p, _ in self.loras if p in hashes)
         for k, v in self.extra.items():
             pairs[k] = v
-        lines.append(", ".join(f"{k}: {v}" for k, v in pairs.items()))
+        lines.append(", ".join(f"{k}: {a1111_quote(v)}" for k, v in pairs.items()))
         return "\n".join(lines)
 
+    def lora_hash_map(self) -> dict[str, str]:
+        """{LoRA path: A1111 hash}: the recorded ones, else computed from the files that exist."""
+        from ..hashes import lora_hash
+
+        out = {}
+        for path, _ in self.loras:
+            if self.lora_hashes.get(path):
+                out[path] = self.lora_hashes[path]
+            elif Path(path).is_file():
+                out[path] = lora_hash(path)
+        return out
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        """The JSON chunk: every field, LoRA hashes filled in."""
+        return json.dumps({**asdict(self), "lora_hashes": self.lora_hash_map()}, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> "GenerationParams":
         d = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def lora_alias(path: str) -> str:
+    """The name A1111 knows a LoRA by (`<lora:NAME:w>`, `Lora hashes`): the file stem, without `:` and `,`."""
+    return Path(path).stem.replace(":", "").replace(",", "")
+
+
+def a1111_quote(value) -> str:
+    """A1111's quoting of an infotext value: JSON string syntax when it holds `,`, `:` or a newline."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def parse_a1111(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, {key: value}) of an A1111 `parameters` text; `Size` stays "WxH"."""
+    lines = text.strip().split("\n")
+    pairs = _parse_pairs(lines[-1]) if lines else {}
+    if len(pairs) >= 3:  # A1111's rule: the settings line has at least three pairs
+        lines = lines[:-1]
+    else:
+        pairs = {}
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return "\n".join(prompt), "\n".join(negative), pairs
+
+
+def _parse_pairs(line: str) -> dict[str, str]:
+    """`Key: value, Key: "quoted, value", ...` → dict; a key is a word followed by words, spaces, `-` or `/`."""
+    out, i, n = {}, 0, len(line)
+    while i < n:
+        colon = line.find(":", i)
+        if colon < 0:
+            break
+        key = line[i:colon].strip()
+        j = colon + 1
+        while j < n and line[j] == " ":
+            j += 1
+        if j < n and line[j] == '"':  # a JSON string: up to the closing quote not escaped
+            k = j + 1
+            while k < n and line[k] != '"':
+                k += 2 if line[k] == "\\" else 1
+            raw, i = line[j:k + 1], line.find(",", k + 1)
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw
+        else:
+            end = line.find(",", j)
+            value, i = line[j:end if end >= 0 else n].strip(), end
+        if key and (key[0].isalnum() or key[0] == "_") and all(c.isalnum() or c in " _-/" for c in key):
+            out[key] = value
+        if i < 0:
+            break
+        i += 1
+    return out
 
 
 def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLike) -> Path:

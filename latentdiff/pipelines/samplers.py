@@ -49,4 +49,83 @@ def make_scheduler(name: str, base_config: dict):
 
 
 def display_name(name: str) -> str:
+    """A1111's pre-1.9 display name (one string, schedule included), as `--sampler` also accepts."""
     return SAMPLERS[check_sampler(name)][2]
+
+
+# -- A1111 infotext: what we write, and how A1111 ≥ 1.9 and older versions read it back ------------------------------
+# A1111 1.9 split "DPM++ 2M Karras" into `Sampler: DPM++ 2M` + `Schedule type: Karras`. Its parser
+# (modules/sd_samplers.get_sampler_and_scheduler) strips a schedule suffix from the sampler name, takes the schedule
+# from "Schedule type" (missing → "Automatic"), and "Automatic" means the sampler's own default schedule: Karras for
+# DPM++ 2M, the model's uniform sigmas for Euler/Euler a/LMS/Heun. It writes "Schedule type" only when the resolved
+# schedule is not the model's own, so DPM++ 2M always carries one from 1.9 on; a `Sampler: DPM++ 2M` without a schedule
+# comes from an older A1111 (or older latentdiff) and meant the uniform schedule then.
+# name → infotext fields A1111 reads back as the same sampler and schedule
+A1111_FIELDS: dict[str, dict[str, str]] = {
+    "ddim": {"Sampler": "DDIM"},
+    "ddpm": {"Sampler": "DDIM", "Eta DDIM": "1"},  # DDPM's posterior variance is DDIM's at η = 1; A1111 has no "DDPM"
+    "pndm": {"Sampler": "PLMS"},
+    "euler": {"Sampler": "Euler"},
+    "euler_a": {"Sampler": "Euler a"},
+    "heun": {"Sampler": "Heun"},
+    "lms": {"Sampler": "LMS"},
+    "dpmpp_2m": {"Sampler": "DPM++ 2M", "Schedule type": "Uniform"},
+    "dpmpp_2m_karras": {"Sampler": "DPM++ 2M", "Schedule type": "Karras"},
+    "unipc": {"Sampler": "UniPC"},
+}
+# A1111 schedule labels (modules/sd_schedulers.py), longest first so "SGM Uniform" wins over "Uniform" as a suffix
+A1111_SCHEDULES = ("Karras Exponential", "Polyexponential", "Align Your Steps", "SGM Uniform", "KL Optimal",
+                   "Exponential", "Automatic", "Uniform", "Karras", "Simple", "Normal", "Beta", "DDIM")
+# A1111 sampler names and old aliases → (our sampler for the model's uniform schedule, ours for Karras or None)
+A1111_SAMPLERS: dict[str, tuple[str, str | None]] = {
+    "DPM++ 2M": ("dpmpp_2m", "dpmpp_2m_karras"), "k_dpmpp_2m": ("dpmpp_2m", "dpmpp_2m_karras"),
+    "Euler": ("euler", None), "k_euler": ("euler", None),
+    "Euler a": ("euler_a", None), "k_euler_a": ("euler_a", None), "k_euler_ancestral": ("euler_a", None),
+    "Heun": ("heun", None), "k_heun": ("heun", None), "LMS": ("lms", None), "k_lms": ("lms", None),
+    "DDIM": ("ddim", None), "PLMS": ("pndm", None), "UniPC": ("unipc", None), "DDPM": ("ddpm", None),
+}
+_TIMESTEP_SAMPLERS = ("DDIM", "PLMS", "UniPC", "DDPM")  # A1111 ignores the schedule for these
+_DEFAULT_SCHEDULE = {"DPM++ 2M": "Karras", "k_dpmpp_2m": "Karras"}  # what "Automatic" means for the sampler in A1111 ≥ 1.9
+
+
+def a1111_fields(name: str) -> dict[str, str]:
+    """The infotext fields (`Sampler`, maybe `Schedule type`, `Eta DDIM`) A1111 ≥ 1.9 reads as this sampler."""
+    return dict(A1111_FIELDS[check_sampler(name)])
+
+
+def split_a1111_sampler(sampler: str, schedule: str | None) -> tuple[str, str | None]:
+    """A1111's reading: a schedule suffix on the sampler name ("DPM++ 2M Karras") wins over `Schedule type`."""
+    for label in A1111_SCHEDULES:
+        if sampler.endswith(" " + label) and sampler[: -len(label) - 1] in A1111_SAMPLERS:
+            return sampler[: -len(label) - 1], label
+    return sampler, schedule
+
+
+def sampler_from_a1111(fields: dict[str, str]) -> tuple[str | None, list[str]]:
+    """Our sampler for an infotext's `Sampler`/`Schedule type`/`Eta DDIM` (old and new spelling); notices for what differs."""
+    raw = fields.get("Sampler", "")
+    base, schedule = split_a1111_sampler(raw, fields.get("Schedule type"))
+    if base not in A1111_SAMPLERS:
+        return None, [f"sampler {raw!r} is not one of ours"]
+    uniform, karras = A1111_SAMPLERS[base]
+    if schedule == "Automatic":  # A1111 ≥ 1.9: the sampler's own default schedule
+        schedule = _DEFAULT_SCHEDULE.get(base)
+    notices = []
+    if schedule == "Karras" and karras:
+        name = karras
+    else:
+        name = uniform
+        if schedule not in (None, "Uniform") and base not in _TIMESTEP_SAMPLERS:
+            notices.append(f"schedule {schedule!r} for {base} is not one of ours; using the model's uniform schedule")
+    if name == "ddim" and _float(fields.get("Eta DDIM", "0")) == 1.0:
+        name = "ddpm"
+    elif name == "ddim" and _float(fields.get("Eta DDIM", "0")) not in (0.0, None):
+        notices.append(f"Eta DDIM {fields['Eta DDIM']} is not one of ours; using η = 0")
+    return name, notices
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

@@ -131,7 +131,7 @@ class LatentDiffusionPipeline:
     @property
     def model_hash(self) -> str:
         if self._model_hash is None:
-            self._model_hash = file_hash(self.components.source) if self.components.single_file else ""
+            self._model_hash = file_hash(self.components.source) if Path(self.components.source).exists() else ""  # file or folder
         return self._model_hash
 
     # -- the stages, in data-flow order ---------------------------------------------------------------------------
