@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Wait up to $1 seconds for benchmarks/gpu/session.sh (or until it exits), then pack what it made into $OUT in ≤15 MB
 # parts: logs, the CUDA checks (junit XML, benchmark JSON), loss CSVs, sample grids, and either the exported model or,
-# while training runs, the latest VAE and U-Net checkpoints with their EMA weights in fp16 (export them here:
-# copy into the recipe's output_dir, then `latentdiff train CONFIG --stage export`).
+# while training runs, the latest VAE and U-Net checkpoints with their EMA weights in fp16 and the latent scale
+# (export them here: copy ckpt/vae and ckpt/unet into the recipe's output_dir, then `latentdiff train CONFIG --stage export`;
+# checked by the DRY run).
 cd "$(dirname "$0")/../.."
+[ -x .venv/bin/python3 ] && export PATH=$PWD/.venv/bin:$PATH  # here (the DRY run); the device's python3 has torch
 G=runs/gpu
 end=$((SECONDS + ${1:-530}))
 alive() { [ -f $G/pid ] && kill -0 "$(cat $G/pid)" 2>/dev/null; }
@@ -24,6 +26,9 @@ if [ -n "$run" ]; then
 s = load_file(sys.argv[1]); save_file({k: v.half().contiguous() for k, v in s.items()}, sys.argv[2])" \
         $d/checkpoint/ema.safetensors $R/ckpt/$s/checkpoint/ema.safetensors
       python3 -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" $d/checkpoint/state.pt > $R/ckpt/$s/step.txt
+      [ -f $d/latents.pt ] && python3 -c "import sys, torch  # export reads only the latent scale; a stale stamp re-encodes
+torch.save({'stamp': None, 'moments': torch.empty(0), 'scale': torch.load(sys.argv[1], weights_only=False)['scale']}, sys.argv[2])" \
+        $d/latents.pt $R/ckpt/$s/latents.pt
     fi
   done
   [ -f $G/model-ready ] && cp -r $run/model $R/model
