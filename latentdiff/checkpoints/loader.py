@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from safetensors.torch import load_file, save_file
 from ..errors import LatentDiffError
 from ..fileio import atomic_folder
 from ..models.unet import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -123,15 +126,33 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise LatentDiffError(f"{path} could not be read as a weights-only pickle ({str(e).splitlines()[0][:120]})") from None
 
 
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # what transformers writes: fast (v5: all) or BPE files
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """True when the folder holds a CLIP tokenizer in a form transformers writes (tokenizer.json or vocab+merges)."""
+    return any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS)
+
+
+def bundled_tokenizer_dir(kind: str) -> Path:
+    """The CLIP BPE tokenizer we ship: SD2 (OpenCLIP) pads with "!", SD1 with <|endoftext|>."""
+    return ASSETS / ("tokenizer_sd2" if kind == "sd2" else "tokenizer")
+
+
 def load_tokenizer(folder: Path | None, kind: str):
-    """The folder's tokenizer, or the CLIP BPE tokenizer we ship (SD2 pads with "!", SD1 with <|endoftext|>)."""
+    """The folder's tokenizer in any form transformers writes; the bundled one for `None`, or (with a one-line
+    notice) when the folder has none."""
     from transformers import CLIPTokenizer
 
-    if folder is None or not (folder / "vocab.json").is_file():
-        folder = ASSETS / ("tokenizer_sd2" if kind == "sd2" else "tokenizer")
-        if not (folder / "vocab.json").is_file():
-            raise LatentDiffError("the model has no tokenizer and the bundled CLIP tokenizer is missing from latentdiff/assets")
-    try:
+    if folder is not None and not has_tokenizer(folder):
+        fallback = bundled_tokenizer_dir(kind)
+        log.warning("%s holds no tokenizer (tokenizer.json or vocab.json + merges.txt); using the bundled %s CLIP tokenizer",
+                    folder, "SD2" if kind == "sd2" else "SD1")
+        folder = fallback
+    folder = bundled_tokenizer_dir(kind) if folder is None else folder
+    if not has_tokenizer(folder):
+        raise LatentDiffError("the model has no tokenizer and the bundled CLIP tokenizer is missing from latentdiff/assets")
+    try:  # transformers ≥ 5: one CLIPTokenizer class reads tokenizer.json or vocab/merges (CLIPTokenizerFast is an alias)
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         raise LatentDiffError(f"{folder}: tokenizer could not be loaded ({str(e).splitlines()[0][:120]})") from None
