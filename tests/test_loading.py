@@ -70,3 +70,40 @@ def test_folder_without_tokenizer_falls_back_with_a_notice(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         load_tokenizer(None, "sd1")  # asking for the bundled one says nothing
     assert not caplog.records
+
+
+def test_fp16_variant_folder_loads_every_component(tiny_folder, tiny_sd1, tmp_path, capfd):
+    """`save_pretrained(variant="fp16")` writes `*.fp16.safetensors` in unet/, vae/ and text_encoder/; all load,
+    every weight equal to the fp16 value written, and no library log line leaks."""
+    ref = StableDiffusionPipeline.from_pretrained(str(tiny_folder), safety_checker=None, local_files_only=True, dtype=torch.float16)
+    folder = tmp_path / "fp16"
+    ref.save_pretrained(str(folder), variant="fp16")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors")) == [
+        "text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors"]
+    capfd.readouterr()
+    loaded = load_components(folder)
+    err = capfd.readouterr().err
+    assert "error" not in err.lower() and "unsafe" not in err.lower(), err
+    for name in ("unet", "vae", "text_encoder"):
+        want, got = getattr(tiny_sd1, name).state_dict(), getattr(loaded, name).state_dict()
+        assert set(want) == set(got), name
+        for key, value in want.items():
+            assert torch.equal(got[key].float(), value.half().float()), f"{name}.{key}"
+    assert loaded.text_encoder.dtype == torch.float32 and loaded.vae.dtype == torch.float32
+
+
+def test_pickled_component_needs_allow_pickle(tiny_folder, tmp_path):
+    """A VAE stored only as a .bin pickle is refused without allow_pickle (diffusers would fall back to it silently)."""
+    from latentdiff.errors import LatentDiffError
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_folder, folder)
+    vae = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(vae)), folder / "vae" / "diffusion_pytorch_model.bin")
+    vae.unlink()
+    with pytest.raises(LatentDiffError, match="is a pickle; pass --allow-pickle"):
+        load_components(folder)
+    assert load_components(folder, allow_pickle=True).vae is not None

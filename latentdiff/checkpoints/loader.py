@@ -106,18 +106,31 @@ def _read_json(path: Path) -> dict:
 
 
 def _weights_file(folder: Path, stem: str, allow_pickle: bool) -> Path:
-    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
-        if (folder / name).is_file():
-            return folder / name
-    for name in (f"{stem}.bin", f"{stem}.fp16.bin"):
-        if (folder / name).is_file():
-            if not allow_pickle:
-                raise LatentDiffError(f"{folder / name} is a pickle; pass --allow-pickle (allow_pickle=True) to load it with weights_only=True")
-            return folder / name
+    """The weights file of a component folder: plain or Hugging Face `fp16` variant, safetensors before pickles
+    (`.index.json` for sharded weights); pickles only with allow_pickle."""
+    for suffix in (".safetensors", ".safetensors.index.json"):
+        for name in (f"{stem}{suffix}", f"{stem}.fp16{suffix}"):
+            if (folder / name).is_file():
+                return folder / name
+    for suffix in (".bin", ".bin.index.json"):
+        for name in (f"{stem}{suffix}", f"{stem}.fp16{suffix}"):
+            if (folder / name).is_file():
+                if not allow_pickle:
+                    raise LatentDiffError(f"{folder / name} is a pickle; pass --allow-pickle (allow_pickle=True) to load it with weights_only=True")
+                return folder / name
     raise LatentDiffError(f"{folder} has no {stem}.safetensors")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """One weights file, or every shard an `.index.json` names."""
+    if path.name.endswith(".index.json"):
+        shards = _read_json(path).get("weight_map")
+        if not isinstance(shards, dict):
+            raise LatentDiffError(f"{path} has no weight_map")
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(shards.values())):
+            state.update(_read_weights(path.parent / shard))
+        return state
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
@@ -158,11 +171,16 @@ def load_tokenizer(folder: Path | None, kind: str):
         raise LatentDiffError(f"{folder}: tokenizer could not be loaded ({str(e).splitlines()[0][:120]})") from None
 
 
-def _load_pretrained(cls, folder: Path, what: str):
+def _load_pretrained(cls, folder: Path, what: str, stem: str, allow_pickle: bool):
+    """A diffusers/transformers component from its folder, plain or `fp16` variant, in float32."""
     if not folder.is_dir():
         raise LatentDiffError(f"{folder.parent} is missing its {what} folder")
+    weights = _weights_file(folder, stem, allow_pickle)
+    variant = "fp16" if weights.name.startswith(f"{stem}.fp16.") else None
+    safetensors = ".safetensors" in weights.name
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True)
+        return cls.from_pretrained(str(folder), local_files_only=True, variant=variant, use_safetensors=safetensors,
+                                   dtype=torch.float32)
     except LatentDiffError:
         raise
     except Exception as e:
@@ -177,8 +195,8 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     unet_dir = path / "unet"
     config = UNetConfig.from_folder_config(_read_json(unet_dir / "config.json"))
     unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
-    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE")
-    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder")
+    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
+    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle)
     kind = "sd2" if config.use_linear_projection else "sd1"
     tokenizer = load_tokenizer(path / "tokenizer", kind)
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
