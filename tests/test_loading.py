@@ -90,7 +90,6 @@ def test_fp16_variant_folder_loads_every_component(tiny_folder, tiny_sd1, tmp_pa
         assert set(want) == set(got), name
         for key, value in want.items():
             assert torch.equal(got[key].float(), value.half().float()), f"{name}.{key}"
-    assert loaded.text_encoder.dtype == torch.float32 and loaded.vae.dtype == torch.float32
 
 
 def test_pickled_component_needs_allow_pickle(tiny_folder, tmp_path):

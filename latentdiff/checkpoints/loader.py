@@ -172,15 +172,14 @@ def load_tokenizer(folder: Path | None, kind: str):
 
 
 def _load_pretrained(cls, folder: Path, what: str, stem: str, allow_pickle: bool):
-    """A diffusers/transformers component from its folder, plain or `fp16` variant, in float32."""
+    """A diffusers/transformers component from its folder, plain or `fp16` variant (the pipeline casts it later)."""
     if not folder.is_dir():
         raise LatentDiffError(f"{folder.parent} is missing its {what} folder")
     weights = _weights_file(folder, stem, allow_pickle)
     variant = "fp16" if weights.name.startswith(f"{stem}.fp16.") else None
     safetensors = ".safetensors" in weights.name
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True, variant=variant, use_safetensors=safetensors,
-                                   dtype=torch.float32)
+        return cls.from_pretrained(str(folder), local_files_only=True, variant=variant, use_safetensors=safetensors)
     except LatentDiffError:
         raise
     except Exception as e:
