@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="describe a model: architecture, parameters, dtypes, prediction type")
-    i.add_argument("path")
+    i = sub.add_parser("info", help="describe a model (architecture, native size, sampling defaults) or a LoRA file")
+    i.add_argument("path", nargs="?", help="model folder, checkpoint or LoRA file (default: the embedded model)")
     i.add_argument("--allow-pickle", action="store_true")
     i.set_defaults(func=cmd_info)
 
@@ -176,7 +176,12 @@ def cmd_generate(args) -> int:
 
 def cmd_info(args) -> int:
     from .checkpoints import load_components
+    from .checkpoints.loader import GENERATION_CONFIG, SAMPLING_DEFAULTS
+    from .lora.io import describe_lora, is_lora_file
 
+    if args.path and is_lora_file(args.path):
+        print("\n".join(describe_lora(args.path)))
+        return 0
     c = load_components(resolve_model(args.path), allow_pickle=args.allow_pickle)
     u = c.unet.config
 
@@ -198,6 +203,11 @@ def cmd_info(args) -> int:
     t = c.text_encoder.config
     print(f"text encoder     {count(c.text_encoder)} params, {dtypes(c.text_encoder)}; {t.num_hidden_layers} layers, width {t.hidden_size}")
     print(f"scheduler        {c.scheduler_config.get('_class_name', '?')}, {c.scheduler_config.get('beta_schedule', '?')}")
+    side = u.sample_size * 2 ** (len(v.block_out_channels) - 1)
+    print(f"native size      {side}×{side}")
+    d = {**SAMPLING_DEFAULTS, **c.generation}
+    print(f"sampling         {d['num_inference_steps']} steps, guidance {d['guidance_scale']:g}, {d['sampler']} "
+          f"({GENERATION_CONFIG if c.generation else 'library defaults: the model sets none'})")
     return 0
 
 

@@ -171,3 +171,48 @@ def test_bad_generation_config_is_one_line(capsys, tmp_path, tiny_folder, conten
     lines = [l for l in err.splitlines() if l.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not out.exists()
+
+
+def test_info_on_the_embedded_model_shows_native_size_and_sampling_defaults(capsys):
+    for argv in (("info",), ("info", "default")):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0
+        lines = out.splitlines()
+        assert "native size      64×64" in lines  # unet sample_size 8 × the VAE's 8× (the model card's size)
+        assert "sampling         10 steps, guidance 3, dpmpp_2m (generation_config.json)" in lines
+
+
+def test_info_on_a_folder_without_generation_config_names_the_library_defaults(capsys, tiny_folder):
+    code, out, _ = run(capsys, "info", tiny_folder)
+    assert code == 0
+    assert "native size      64×64" in out.splitlines()
+    assert "sampling         25 steps, guidance 7.5, dpmpp_2m (library defaults: the model sets none)" in out.splitlines()
+
+
+def test_info_on_lora_files_says_lora(capsys, tmp_path, tiny_sd1):
+    from latentdiff.lora.formats import LoraModule
+    from latentdiff.lora.io import LoraMetadata, save_lora
+
+    g = torch.Generator().manual_seed(0)
+    state = {f"unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_{p}": LoraModule(torch.randn(4, 64, generator=g),
+                                                                                       torch.randn(64, 4, generator=g), 2.0)
+             for p in ("q", "k", "v")}
+    state["text_encoder.text_model.encoder.layers.0.self_attn.q_proj"] = LoraModule(torch.randn(8, 32), torch.randn(32, 8), 8.0)
+    meta = LoraMetadata(base_model="tiny", kind="sd1", steps=120)
+    for fmt, name in (("kohya", "kohya/A1111"), ("peft", "peft/diffusers")):
+        path = save_lora(state, tmp_path / f"{fmt}.safetensors", format=fmt, metadata=meta)
+        code, out, err = run(capsys, "info", path)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == f"LoRA             {path}" and f"format           {name}" in lines
+        assert "modules          4 (text_encoder 1, unet 3)" in lines
+        assert "rank             4 (3 layers), 8 (1 layers)" in lines
+        assert "alpha            2 (3 layers), 8 (1 layers)" in lines
+        assert "trained on       tiny (SD1), 120 steps" in lines
+    from safetensors.torch import save_file
+
+    bare = tmp_path / "bare.safetensors"  # peft keys and no header: alpha unknown, taken as the rank
+    save_file({"unet.down.lora_A.weight": torch.zeros(2, 8), "unet.down.lora_B.weight": torch.zeros(8, 2)}, str(bare))
+    code, out, _ = run(capsys, "info", bare)
+    assert code == 0 and "alpha            not recorded (taken as the rank: scale 1)" in out.splitlines()
+    assert "rank             2" in out.splitlines()

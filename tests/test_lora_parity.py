@@ -217,3 +217,66 @@ def test_file_written_by_diffusers_save_lora_weights_loads(reference, ours, kohy
     want, got = reference([path]), ours([path])
     assert np.abs(pixels(want) - pixels(got)).max() <= 2
     assert np.abs(pixels(got) - pixels(kohya_image)).max() <= 2  # the same LoRA as the kohya file, alpha kept
+
+
+def test_diffusers_training_script_file_applies_alpha_over_rank(reference, ours, base_image, tmp_path):
+    """Written as diffusers' train_dreambooth_lora.py does: attention targets, convert_state_dict_to_diffusers keys
+    (`to_q.lora.down.weight`, `q_proj.lora_linear_layer.down.weight`) and `lora_adapter_metadata` with lora_alpha ≠ r
+    (U-Net 2/4, text 8/4); diffusers scales by alpha/r, the old code by 1."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = reference.pipe
+    pipe.unload_lora_weights()
+    unet_config = LoraConfig(r=4, lora_alpha=2, target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    text_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    inject_adapter_in_model(unet_config, pipe.unet)
+    inject_adapter_in_model(text_config, pipe.text_encoder)  # what transformers' add_adapter does (it wants peft ≥ 0.22)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():  # a trained LoRA, not a fresh (B = 0) one
+        for model in (pipe.unet, pipe.text_encoder):
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder)),
+        unet_lora_adapter_metadata=unet_config.to_dict(), text_encoder_lora_adapter_metadata=text_config.to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    lora = read_lora(path)
+    keys = {m.source_key for m in lora.state.values()}
+    assert all(k.endswith((".lora.down.weight", ".lora_linear_layer.down.weight")) for k in keys) and lora.format == "diffusers_old"
+    assert len(lora.state) == 4 * 8 + 2 * 4
+    assert {k.split(".")[0]: m.scale for k, m in lora.state.items()} == {"unet": 0.5, "text_encoder": 2.0}
+    want, got = reference([path]), ours([path])
+    assert np.abs(pixels(want) - pixels(got)).max() <= 2
+    assert np.abs(pixels(got) - pixels(base_image)).mean() > 3
+
+
+def test_mixed_training_script_layout_reads_every_module(reference, kohya_lora, tmp_path):
+    """convert_state_dict_to_diffusers renames attention layers only; with ff/proj targets too the file mixes
+    `lora.down` and `lora_A` keys. All are read, with the metadata's alpha (diffusers' own loader drops the renamed
+    ones when the first key is a lora_A one, so there is no diffusers image to compare with)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    reference([kohya_lora])
+    pipe = reference.pipe
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name="l0")),
+        unet_lora_adapter_metadata=pipe.unet.peft_config["l0"].to_dict())
+    lora = read_lora(tmp_path / "pytorch_lora_weights.safetensors")
+    keys = {m.source_key for m in lora.state.values()}
+    assert any(k.endswith(".to_q.lora.down.weight") for k in keys) and any(k.endswith(".ff.net.2.lora_A.weight") for k in keys)
+    assert len(lora.state) == 4 * 12 and {m.alpha for m in lora.state.values()} == {2.0}
+
+
+def test_unprefixed_adapter_metadata_gives_alpha(reference, kohya_lora, tmp_path):
+    """One model's `save_lora_adapter` writes unprefixed keys and an unprefixed LoraConfig; alpha comes from it."""
+    reference([kohya_lora])
+    reference.pipe.unet.save_lora_adapter(str(tmp_path), adapter_name="l0")
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    state = read_lora(path).state
+    assert len(state) == 4 * 12 and all(k.startswith("unet.") for k in state)
+    assert {m.alpha for m in state.values()} == {2.0} and {m.scale for m in state.values()} == {0.5}

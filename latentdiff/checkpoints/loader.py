@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from safetensors.torch import load_file, save_file
 from ..errors import LatentDiffError
 from ..fileio import atomic_folder
 from ..models.unet import UNet, UNetConfig
+
+log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -102,18 +105,31 @@ def _read_json(path: Path) -> dict:
 
 
 def _weights_file(folder: Path, stem: str, allow_pickle: bool) -> Path:
-    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
-        if (folder / name).is_file():
-            return folder / name
-    for name in (f"{stem}.bin", f"{stem}.fp16.bin"):
-        if (folder / name).is_file():
-            if not allow_pickle:
-                raise LatentDiffError(f"{folder / name} is a pickle; pass --allow-pickle (allow_pickle=True) to load it with weights_only=True")
-            return folder / name
+    """The weights file of a component folder: plain or Hugging Face `fp16` variant, safetensors before pickles
+    (`.index.json` for sharded weights); pickles only with allow_pickle."""
+    for suffix in (".safetensors", ".safetensors.index.json"):
+        for name in (f"{stem}{suffix}", f"{stem}.fp16{suffix}"):
+            if (folder / name).is_file():
+                return folder / name
+    for suffix in (".bin", ".bin.index.json"):
+        for name in (f"{stem}{suffix}", f"{stem}.fp16{suffix}"):
+            if (folder / name).is_file():
+                if not allow_pickle:
+                    raise LatentDiffError(f"{folder / name} is a pickle; pass --allow-pickle (allow_pickle=True) to load it with weights_only=True")
+                return folder / name
     raise LatentDiffError(f"{folder} has no {stem}.safetensors")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """One weights file, or every shard an `.index.json` names."""
+    if path.name.endswith(".index.json"):
+        shards = _read_json(path).get("weight_map")
+        if not isinstance(shards, dict):
+            raise LatentDiffError(f"{path} has no weight_map")
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(shards.values())):
+            state.update(_read_weights(path.parent / shard))
+        return state
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     try:
@@ -122,25 +138,47 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise LatentDiffError(f"{path} could not be read as a weights-only pickle ({str(e).splitlines()[0][:120]})") from None
 
 
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # what transformers writes: fast (v5: all) or BPE files
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """True when the folder holds a CLIP tokenizer in a form transformers writes (tokenizer.json or vocab+merges)."""
+    return any(all((folder / name).is_file() for name in names) for names in TOKENIZER_FILE_SETS)
+
+
+def bundled_tokenizer_dir(kind: str) -> Path:
+    """The CLIP BPE tokenizer we ship: SD2 (OpenCLIP) pads with "!", SD1 with <|endoftext|>."""
+    return ASSETS / ("tokenizer_sd2" if kind == "sd2" else "tokenizer")
+
+
 def load_tokenizer(folder: Path | None, kind: str):
-    """The folder's tokenizer, or the CLIP BPE tokenizer we ship (SD2 pads with "!", SD1 with <|endoftext|>)."""
+    """The folder's tokenizer in any form transformers writes; the bundled one for `None`, or (with a one-line
+    notice) when the folder has none."""
     from transformers import CLIPTokenizer
 
-    if folder is None or not (folder / "vocab.json").is_file():
-        folder = ASSETS / ("tokenizer_sd2" if kind == "sd2" else "tokenizer")
-        if not (folder / "vocab.json").is_file():
-            raise LatentDiffError("the model has no tokenizer and the bundled CLIP tokenizer is missing from latentdiff/assets")
-    try:
+    if folder is not None and not has_tokenizer(folder):
+        fallback = bundled_tokenizer_dir(kind)
+        log.warning("%s holds no tokenizer (tokenizer.json or vocab.json + merges.txt); using the bundled %s CLIP tokenizer",
+                    folder, "SD2" if kind == "sd2" else "SD1")
+        folder = fallback
+    folder = bundled_tokenizer_dir(kind) if folder is None else folder
+    if not has_tokenizer(folder):
+        raise LatentDiffError("the model has no tokenizer and the bundled CLIP tokenizer is missing from latentdiff/assets")
+    try:  # transformers ≥ 5: one CLIPTokenizer class reads tokenizer.json or vocab/merges (CLIPTokenizerFast is an alias)
         return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         raise LatentDiffError(f"{folder}: tokenizer could not be loaded ({str(e).splitlines()[0][:120]})") from None
 
 
-def _load_pretrained(cls, folder: Path, what: str):
+def _load_pretrained(cls, folder: Path, what: str, stem: str, allow_pickle: bool):
+    """A diffusers/transformers component from its folder, plain or `fp16` variant (the pipeline casts it later)."""
     if not folder.is_dir():
         raise LatentDiffError(f"{folder.parent} is missing its {what} folder")
+    weights = _weights_file(folder, stem, allow_pickle)
+    variant = "fp16" if weights.name.startswith(f"{stem}.fp16.") else None
+    safetensors = ".safetensors" in weights.name
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True)
+        return cls.from_pretrained(str(folder), local_files_only=True, variant=variant, use_safetensors=safetensors)
     except LatentDiffError:
         raise
     except Exception as e:
@@ -155,8 +193,8 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     unet_dir = path / "unet"
     config = UNetConfig.from_folder_config(_read_json(unet_dir / "config.json"))
     unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
-    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE")
-    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder")
+    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
+    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle)
     kind = "sd2" if config.use_linear_projection else "sd1"
     tokenizer = load_tokenizer(path / "tokenizer", kind)
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")

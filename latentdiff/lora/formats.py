@@ -6,8 +6,10 @@ Everything is read into one neutral form, `{module key: LoraModule}`, where a mo
 `text_encoder.text_model.encoder.layers.0.self_attn.q_proj`. Each module carries its true alpha:
 the layer computes W x + (alpha / rank) · up(down(x)).
 
-kohya writes one `.alpha` per module; peft files written by diffusers carry r / lora_alpha / patterns in the
-`lora_adapter_metadata` header entry; with neither, alpha = rank (scale 1), as diffusers assumes.
+kohya writes one `.alpha` per module; files written by diffusers (peft `lora_A/lora_B` keys, or the
+`lora.down/lora.up` keys of its training scripts) carry r / lora_alpha / patterns in the `lora_adapter_metadata`
+header entry, per component (`unet.lora_alpha`) or unprefixed (one model's `save_lora_adapter`); with neither,
+alpha = rank (scale 1), as diffusers assumes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import LatentDiffError
 COMPONENTS = ("unet", "text_encoder")
 KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header entry holding LoraConfig kwargs per component
+ANY_COMPONENT = "*"  # diffusers_configs' key for an unprefixed LoraConfig (a single model's save_lora_adapter)
 _UNSUPPORTED = {  # tensor-name parts (after the layer name) of adapter kinds that are not plain LoRA
     "hada_": "LoHa", "lokr_": "LoKr", "dora_scale": "DoRA", "lora_magnitude_vector": "DoRA", "diff": "full-weight diff",
     "diff_b": "full-weight diff", "lora_mid": "LoCon with Tucker decomposition", "oft_": "OFT", "a1.weight": "GLoRA",
@@ -124,36 +127,46 @@ def diffusers_configs(header: Mapping[str, str]) -> dict[str, dict]:
         flat = json.loads(raw)
     except json.JSONDecodeError:
         raise LatentDiffError(f"the LoRA file's {DIFFUSERS_METADATA_KEY} header entry is not valid JSON") from None
+    if not isinstance(flat, dict):
+        raise LatentDiffError(f"the LoRA file's {DIFFUSERS_METADATA_KEY} header entry is not a JSON object")
     out: dict[str, dict] = {}
     for key, value in flat.items():
         component, field = split_key(key)
-        out.setdefault(component, {})[field] = value
+        if component in COMPONENTS and field:
+            out.setdefault(component, {})[field] = value
+        else:  # one model's save_lora_adapter writes its LoraConfig unprefixed: it holds for every component
+            out.setdefault(ANY_COMPONENT, {})[key] = value
     return out
 
 
+def _module_alpha(name: str, rank: int, alphas: Mapping[str, float], configs: Mapping[str, dict]) -> float:
+    """A module's alpha: its own `.alpha` tensor, else its component's header LoraConfig, else the rank (scale 1)."""
+    if name in alphas:
+        return alphas[name]
+    component, path = _component_of(name)
+    config = configs.get(component) or configs.get(ANY_COMPONENT)
+    return _config_alpha(config, path, rank) if config else float(rank)
+
+
 def from_peft(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str]) -> LoraState:
-    """`unet.<path>.lora_A.weight` / `.lora_B.weight` (+ optional `.alpha` tensors or diffusers header config)."""
+    """`unet.<path>.lora_A.weight` / `.lora_B.weight` (+ optional `.alpha` tensors or diffusers header config); the
+    mixed layout of diffusers' training scripts (`to_q.lora.down`, `q_proj.lora_linear_layer.down`, rest lora_A) too."""
     configs = diffusers_configs(header)
     downs, ups, alphas = {}, {}, {}
     for key, value in tensors.items():
         m = re.fullmatch(r"(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight", key)
+        d = re.fullmatch(r"(.+\.(?:lora|lora_linear_layer))\.(down|up)\.weight", key)
         if m:
             (downs if m.group(2) == "A" else ups)[m.group(1)] = (key, value)
+        elif d:  # convert_state_dict_to_diffusers renames attention layers only; the rest keep lora_A/lora_B
+            (downs if d.group(2) == "down" else ups)[_old_module(d.group(1))] = (key, value)
         elif key.endswith(".alpha"):
             alphas[key[: -len(".alpha")]] = float(value.item())
         elif ".lora_B" in key and key.endswith(".bias"):
             raise LatentDiffError(f"LoRA with bias terms is not supported (key {key})")
         else:
             raise LatentDiffError(f"unexpected tensor {key} in a peft LoRA file")
-    return _pair(downs, ups, lambda name, rank: _peft_alpha(name, rank, alphas, configs))
-
-
-def _peft_alpha(name: str, rank: int, alphas: Mapping[str, float], configs: Mapping[str, dict]) -> float:
-    if name in alphas:
-        return alphas[name]
-    component, path = _component_of(name)
-    config = configs.get(component)
-    return _config_alpha(config, path, rank) if config else float(rank)
+    return _pair(downs, ups, lambda name, rank: _module_alpha(name, rank, alphas, configs))
 
 
 def _pair(downs: Mapping, ups: Mapping, alpha_of) -> LoraState:
@@ -189,8 +202,11 @@ def _old_module(name: str) -> str:
     return name
 
 
-def from_diffusers_old(tensors: Mapping[str, torch.Tensor]) -> LoraState:
-    """`….processor.to_q_lora.down.weight` / `….lora.up.weight` layouts; alpha from `.alpha` keys or = rank."""
+def from_diffusers_old(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str] | None = None) -> LoraState:
+    """`….processor.to_q_lora.down.weight` / `….lora.up.weight` layouts (the latter is what diffusers' training
+    scripts write through convert_state_dict_to_diffusers); alpha from `.alpha` keys, the header's
+    `lora_adapter_metadata`, or = rank."""
+    configs = diffusers_configs(header or {})
     downs, ups, alphas = {}, {}, {}
     for key, value in tensors.items():
         m = re.fullmatch(r"(.+)\.(down|up)\.weight", key)
@@ -200,7 +216,7 @@ def from_diffusers_old(tensors: Mapping[str, torch.Tensor]) -> LoraState:
             alphas[_old_module(key[: -len(".alpha")])] = float(value.item())
         else:
             raise LatentDiffError(f"unexpected tensor {key} in a diffusers LoRA file")
-    return _pair(downs, ups, lambda name, rank: alphas.get(name, float(rank)))
+    return _pair(downs, ups, lambda name, rank: _module_alpha(name, rank, alphas, configs))
 
 
 # ---- kohya / A1111 ------------------------------------------------------------------------------------------------
@@ -274,7 +290,7 @@ def read_state(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], m
     if fmt == "peft":
         return from_peft(tensors, header), fmt
     if fmt == "diffusers_old":
-        return from_diffusers_old(tensors), fmt
+        return from_diffusers_old(tensors, header), fmt
     if module_keys is None:
         raise LatentDiffError("reading a kohya LoRA needs the model's layer names")
     return from_kohya(tensors, module_keys), fmt

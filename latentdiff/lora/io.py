@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -13,7 +14,7 @@ from safetensors import safe_open
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
 from ..training.checkpointing import save_safetensors
-from .formats import LoraState, read_state, to_kohya, to_peft
+from .formats import DIFFUSERS_METADATA_KEY, KOHYA_PREFIX, LoraState, detect_format, read_state, to_kohya, to_peft
 
 PEFT_FILE_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for in a folder
 FORMATS = ("peft", "kohya")
@@ -108,6 +109,86 @@ def read_lora(path: str | os.PathLike, module_keys: Iterable[str] | None = None)
     except LatentDiffError as e:
         raise LatentDiffError(f"{p.name}: {e}") from None
     return LoraFile(state, fmt, LoraMetadata.from_header(header), str(p))
+
+
+_LORA_KEY_MARKS = ("lora_unet_", "lora_te", ".lora_A.", ".lora_B.", ".lora.down.", ".lora_down.", "_lora.down.",
+                   ".lora_linear_layer.", ".hada_", ".lokr_")
+
+
+def is_lora_file(path: str | os.PathLike) -> bool:
+    """True for a .safetensors file (or a folder with diffusers' LoRA file) whose tensor names are a LoRA's."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "model_index.json").is_file() or not (p / PEFT_FILE_NAME).is_file():
+            return False
+        p = p / PEFT_FILE_NAME
+    if not p.is_file() or p.suffix.lower() != ".safetensors":
+        return False
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+    except Exception:  # not a readable safetensors file: the model loader says why
+        return False
+    return bool(keys) and all(any(mark in k for mark in _LORA_KEY_MARKS) or k.endswith(".alpha") for k in keys)
+
+
+@dataclass
+class LoraSummary:
+    """What `latentdiff info` says about a LoRA file, read without a model."""
+
+    format: str                      # "kohya", "peft" or "diffusers_old"
+    modules: dict[str, int]          # component ("unet", "text_encoder") → adapted layers
+    ranks: Counter                   # rank → layers
+    alphas: Counter | None           # alpha → layers; None when the file records none (then alpha = rank, scale 1)
+    metadata: LoraMetadata
+
+
+def summarize_lora(path: str | os.PathLike) -> LoraSummary:
+    """Rank, layer count and alpha of a LoRA file; kohya names are counted as written (no model needed)."""
+    p = resolve_path(path)
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise LatentDiffError(f"{p} is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
+    try:
+        fmt = detect_format(tensors)
+        if fmt == "kohya":
+            downs = {k.split(".", 1)[0]: v for k, v in tensors.items() if k.endswith(".lora_down.weight")}
+            alphas = {k.split(".", 1)[0]: float(v.item()) for k, v in tensors.items() if k.endswith(".alpha")}
+            component = {name: next(c for c, pre in KOHYA_PREFIX.items() if name.startswith(pre)) for name in downs}
+            ranks = Counter(int(v.shape[0]) for v in downs.values())
+            known = Counter(alphas[n] for n in downs if n in alphas) if alphas else None
+        else:
+            state, _ = read_state(tensors, header)
+            component = {k: k.split(".", 1)[0] for k in state}
+            ranks = Counter(m.rank for m in state.values())
+            recorded = DIFFUSERS_METADATA_KEY in header or any(k.endswith(".alpha") for k in tensors)
+            known = Counter(m.alpha for m in state.values()) if recorded else None
+    except LatentDiffError as e:
+        raise LatentDiffError(f"{p.name}: {e}") from None
+    return LoraSummary(fmt, dict(Counter(component.values())), ranks, known, LoraMetadata.from_header(header))
+
+
+def describe_lora(path: str | os.PathLike) -> list[str]:
+    """`latentdiff info` lines for a LoRA file."""
+    s = summarize_lora(path)
+    def spread(c: Counter) -> str:
+        return ", ".join(f"{k:g}" + (f" ({n} layers)" if len(c) > 1 else "") for k, n in sorted(c.items()))
+    names = {"kohya": "kohya/A1111", "peft": "peft/diffusers", "diffusers_old": "diffusers (lora.down/up)"}
+    lines = [f"LoRA             {resolve_path(path)}", f"format           {names[s.format]}",
+             f"modules          {sum(s.modules.values())} ({', '.join(f'{c} {n}' for c, n in sorted(s.modules.items()))})",
+             f"rank             {spread(s.ranks)}"]
+    if s.alphas is None:
+        lines.append("alpha            not recorded (taken as the rank: scale 1)")
+    else:
+        lines.append(f"alpha            {spread(s.alphas)}")
+    m = s.metadata
+    if m.base_model or m.kind:
+        lines.append(f"trained on       {m.base_model or '?'}{f' ({m.kind.upper()})' if m.kind else ''}"
+                     f"{f', {m.steps} steps' if m.steps else ''}")
+    return lines
 
 
 def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft", metadata: LoraMetadata | None = None,

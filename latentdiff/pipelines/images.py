@@ -6,6 +6,9 @@ Conventions (the same as diffusers' VaeImageProcessor, so results match its pipe
   warning line (diffusers rounds down silently);
 * masks are read as grayscale (PIL "L"); a pixel is repainted where its value/255 ≥ `threshold`
   (default 0.5, i.e. gray level ≥ 128: white repaints, black keeps); other values are kept;
+* single-channel pictures beyond 8 bits are read by their value range, not clipped: 16-bit (`I;16*`, and `I`,
+  which is how Pillow may open a 16-bit PNG) as 0..65535, float (`F`) as 0..1 when no value exceeds 1, else
+  0..255; images become gray RGB, masks keep the full precision for the threshold;
 * a mask must have the image's size (a different size is a one-line error, not a silent resize:
   a mismatched mask is usually the wrong file).
 """
@@ -101,6 +104,27 @@ def working_size(size: tuple[int, int], width: int | None, height: int | None, m
     return width, height
 
 
+def wide_gray_values(image: Image.Image) -> np.ndarray | None:
+    """(H, W) float32 in [0, 1] for 16-bit, 32-bit integer and float pictures (by value range); None for other modes."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (32-bit signed; a 16-bit PNG may open as this)
+        arr = np.array(image, dtype=np.float64)  # numpy reads each byte order; (H, W)
+        return (np.clip(arr, 0, 65535) / 65535).astype(np.float32)
+    if image.mode == "F":
+        arr = np.array(image, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise LatentDiffError("the picture holds NaN or infinite values")
+        return arr.clip(0, 1) if arr.max(initial=0) <= 1 else arr.clip(0, 255) / 255
+    return None
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """The picture in an 8-bit mode: wide single-channel ones scaled by their range (Pillow's convert would clip)."""
+    values = wide_gray_values(image)
+    if values is None:
+        return image
+    return Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL → (1, 3, H, W) float32 in [-1, 1] (as diffusers' VaeImageProcessor.preprocess)."""
     arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
@@ -110,7 +134,7 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 def load_image(src: ImageInput, width: int | None = None, height: int | None = None, multiple: int = 8) -> InputImage:
     """Read an input picture, flatten transparency onto white, resize to its working size (Lanczos)."""
     raw, sha = open_image(src, "image")
-    image = flatten_alpha(raw)
+    image = flatten_alpha(to_8bit(raw))
     size = working_size(image.size, width, height, multiple)
     if size != image.size:
         if width is None and height is None:
@@ -127,15 +151,27 @@ def load_mask(src: ImageInput, image: InputImage, threshold: float = 0.5) -> Inp
     if raw.size != image.original_size:
         raise LatentDiffError(f"mask is {raw.size[0]}x{raw.size[1]} but the image is "
                               f"{image.original_size[0]}x{image.original_size[1]}; give a mask of the image's size")
-    gray = raw.convert("L")  # ITU-R 601-2 luma; alpha is ignored
-    if gray.size != image.size:
-        gray = gray.resize(image.size, resample=Image.LANCZOS)
-    values = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)  # (H, W) in [0, 1]
+    values = mask_values(raw, image.size)  # (H, W) in [0, 1]
     binary = (values >= threshold).float()[None, None]  # (1, 1, H, W)
     if not binary.any():
         raise LatentDiffError(f"the mask marks nothing to repaint (no pixel at or above {threshold:g} × 255 gray); "
                               "white = repaint, black = keep")
     return InputMask(binary, sha, threshold)
+
+
+def mask_values(raw: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """A mask's gray values at `size`, (H, W) float32 in [0, 1]: 8-bit modes through PIL "L" (ITU-R 601-2 luma,
+    alpha ignored), 16-bit and float ones by their value range at full precision."""
+    wide = wide_gray_values(raw)
+    if wide is None:
+        gray = raw.convert("L")
+        if gray.size != size:
+            gray = gray.resize(size, resample=Image.LANCZOS)
+        return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)
+    field = Image.fromarray(wide, mode="F")
+    if field.size != size:
+        field = field.resize(size, resample=Image.LANCZOS)
+    return torch.from_numpy(np.array(field, dtype=np.float32).clip(0, 1))
 
 
 def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
