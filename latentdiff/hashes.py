@@ -8,16 +8,41 @@ import os
 import struct
 from pathlib import Path
 
-_CACHE: dict[tuple, str] = {}  # (kind, path, size, mtime_ns) → hex: one generate hashes each file once
+from .fileio import atomic_write
+
+_CACHE: dict[str, str] = {}  # "kind path size mtime_ns" → hex, in memory and (as A1111's cache.json) on disk
+
+
+def cache_file() -> Path:
+    """~/.cache/latentdiff/hashes.json (or under $XDG_CACHE_HOME): a multi-GB checkpoint is hashed once, not per run."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentdiff" / "hashes.json"
+
+
+def _load_disk_cache() -> None:
+    try:
+        _CACHE.update({k: v for k, v in json.loads(cache_file().read_text()).items() if isinstance(v, str)})
+    except (OSError, ValueError, AttributeError):
+        pass  # no cache yet, or an unreadable one: hash again
 
 
 def _cached(kind: str, path: Path, compute) -> str:
-    """compute(path), remembered while the file's size and mtime stay the same."""
+    """compute(path), remembered while the file's size and mtime stay the same (big files on disk too)."""
     st = path.stat()
-    key = (kind, str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = f"{kind} {path.resolve()} {st.st_size} {st.st_mtime_ns}"
+    if key not in _CACHE and st.st_size >= DISK_CACHE_MIN_BYTES:
+        _load_disk_cache()
     if key not in _CACHE:
         _CACHE[key] = compute(path)
+        if st.st_size >= DISK_CACHE_MIN_BYTES:
+            big = {k: v for k, v in _CACHE.items() if int(k.rsplit(" ", 2)[1]) >= DISK_CACHE_MIN_BYTES}
+            try:
+                atomic_write(cache_file(), lambda tmp: Path(tmp).write_text(json.dumps(big, indent=0)))
+            except OSError:
+                pass  # a read-only home: the hash is still right, only not remembered
     return _CACHE[key]
+
+
+DISK_CACHE_MIN_BYTES = 64 << 20  # smaller files hash faster than the cache file is read
 
 
 def _sha256(path: Path, offset: int = 0) -> str:

@@ -148,3 +148,26 @@ def test_our_text_names_the_cpu_noise_and_reads_back_without_notices(tiny_folder
     assert (q.prompt, q.negative_prompt, q.sampler, q.steps, q.seed, q.width, q.height, q.guidance_scale, q.clip_skip,
             q.model_hash, src.model_name) == ("a (red) cat", "dog", "dpmpp_2m_karras", 7, 3, 64, 48, 4.5, 1,
                                               model_hash(tiny_folder), "tiny-sd1")
+
+
+def test_big_file_hashes_are_remembered_on_disk(tmp_path, monkeypatch):
+    """A checkpoint is hashed once: the next process reads the hash from ~/.cache/latentdiff/hashes.json, and a changed
+    file (size or mtime) is hashed again."""
+    import hashlib
+
+    from latentdiff import hashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashes, "DISK_CACHE_MIN_BYTES", 1)
+    monkeypatch.setattr(hashes, "_CACHE", {})
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights" * 1000)
+    want = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert hashes.sha256_file(model) == want
+    assert want in (tmp_path / "cache" / "latentdiff" / "hashes.json").read_text()
+
+    monkeypatch.setattr(hashes, "_CACHE", {})  # a new process
+    monkeypatch.setattr(hashes, "_sha256", lambda path, offset=0: "not hashed again")
+    assert hashes.sha256_file(model) == want
+    model.write_bytes(b"other weights")
+    assert hashes.sha256_file(model) == "not hashed again"
