@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 
 
 def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +35,22 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train_lora)
 
 
+KEPT = ("checkpoint",)  # a folder holding a file or folder whose name contains one of these is never removed
+
+
+@contextmanager
+def removed_on_failure(*folders: str) -> Iterator[None]:
+    """If the block fails, delete those of `folders` it created (caches, logs), unless a checkpoint was written into them."""
+    fresh = [Path(f) for f in folders if f and not Path(f).exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in fresh:
+            if folder.is_dir() and not any(k in p.name for p in folder.rglob("*") for k in KEPT):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def run_train_lora(args: argparse.Namespace) -> int:
     """Load the recipe with overrides, train, print the files written and the fixed-noise loss before/after."""
     from .lora_config import load_config
@@ -38,7 +58,8 @@ def run_train_lora(args: argparse.Namespace) -> int:
 
     overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     cfg = load_config(args.config, overrides)
-    result = train_lora(cfg, resume=args.resume, progress=not args.quiet)
+    with removed_on_failure(cfg.output_dir, cfg.cache_dir):
+        result = train_lora(cfg, resume=args.resume, progress=not args.quiet)
     for path in result.files:
         print(path)
     for path in result.validation_images:
