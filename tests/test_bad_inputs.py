@@ -112,6 +112,7 @@ CASES = {
     "lora_yaml_steps_float": (["train-lora", "l.yaml"], "max_steps must be an integer, got 2.5",
                               {"l.yaml": "data: imgs\nmax_steps: 2.5\n", **IMGS}),
     "lora_data_missing": (LORA[:4] + ["gone"] + LORA[5:], "gone"),
+    "lora_resume_nothing": (LORA + ["--resume"], "--resume: no checkpoint in runs/lora/checkpoints", IMGS),  # after caching
     "lora_config_missing": (["train-lora", "gone.yaml"], "no such config file: gone.yaml"),
     # data, eval
     "data_kind": (["data", "flowers", "x"], "argument KIND: invalid choice: 'flowers'"),

@@ -38,10 +38,18 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
 KEPT = ("checkpoint",)  # a folder holding a file or folder whose name contains one of these is never removed
 
 
+def _first_missing(path: Path) -> Path:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) would create first)."""
+    path = path.absolute()
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 @contextmanager
 def removed_on_failure(*folders: str) -> Iterator[None]:
     """If the block fails, delete those of `folders` it created (caches, logs), unless a checkpoint was written into them."""
-    fresh = [Path(f) for f in folders if f and not Path(f).exists()]
+    fresh = [_first_missing(Path(f)) for f in folders if f and not Path(f).exists()]
     try:
         yield
     except BaseException:
