@@ -211,3 +211,21 @@ def test_bad_input_in_a_real_process(argv, message, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_a_failed_run_removes_only_the_cache_folders_it_made(tmp_path):
+    """Caches and logs of a run that failed go; a folder holding weights, or one that was there before, stays."""
+    from latentdiff.training.lora_cli import removed_on_failure
+
+    made, weights, old = tmp_path / "runs" / "a", tmp_path / "b", tmp_path / "old"
+    old.mkdir()
+    (old / "thesis.txt").write_text("mine")
+    with pytest.raises(RuntimeError), removed_on_failure(str(made), str(weights), str(old)):
+        for folder in (made, weights, old):
+            (folder / "cache").mkdir(parents=True)
+            (folder / "cache" / "latents.safetensors").write_bytes(b"x")
+            (folder / "log.csv").write_text("step,loss\n")
+        (weights / "lora.safetensors").write_bytes(b"w")
+        raise RuntimeError("loss became nan")
+    assert not (tmp_path / "runs").exists()  # the outermost folder the run created
+    assert (weights / "lora.safetensors").is_file() and (old / "thesis.txt").read_text() == "mine" and (old / "cache").is_dir()

@@ -35,7 +35,11 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train_lora)
 
 
-KEPT = ("checkpoint",)  # a folder holding a file or folder whose name contains one of these is never removed
+def _disposable(path: Path, folder: Path) -> bool:
+    """Files a failed run may leave that are worth nothing alone: caches, logs, the config echo, temp files, TensorBoard."""
+    parts = path.relative_to(folder).parts
+    return ("cache" in parts or "tb" in parts or path.suffix == ".tmp" or path.name.startswith("pixels-")
+            or path.name in ("latents.pt", "loss.csv", "log.csv", "train_config.json"))
 
 
 def _first_missing(path: Path) -> Path:
@@ -48,13 +52,14 @@ def _first_missing(path: Path) -> Path:
 
 @contextmanager
 def removed_on_failure(*folders: str) -> Iterator[None]:
-    """If the block fails, delete those of `folders` it created (caches, logs), unless a checkpoint was written into them."""
+    """If the block fails, delete those of `folders` it created when they hold only caches and logs (never a checkpoint,
+    weights or a validation image)."""
     fresh = [_first_missing(Path(f)) for f in folders if f and not Path(f).exists()]
     try:
         yield
     except BaseException:
         for folder in fresh:
-            if folder.is_dir() and not any(k in p.name for p in folder.rglob("*") for k in KEPT):
+            if folder.is_dir() and all(_disposable(p, folder) for p in folder.rglob("*") if not p.is_dir()):
                 shutil.rmtree(folder, ignore_errors=True)
         raise
 
