@@ -141,7 +141,7 @@ LIMITS: dict[str, tuple] = {
     "decay_steps": ("min", 0), "checkpoint_every": ("min", 1), "sample_every": ("min", 0), "log_every": ("min", 1),
     "lr": ("pos",), "weight_decay": ("min", 0), "max_minutes": ("min", 0), "max_grad_norm": ("pos",),
     "min_snr_gamma": ("min", 0), "noise_offset": ("min", 0), "ema_decay": ("below1",), "caption_dropout": ("below1",),
-    "mixed_precision": ("no", "bf16", "fp16"), "posterior": ("sample", "mean"), "split": ("train", "all"),
+    "mixed_precision": ("no", "bf16", "fp16"),  # posterior and split: checked in load_config
     "templates": ("emoji", "plain"), "resolution": ("min", 8), "layers_per_block": ("min", 1), "latent_channels": ("min", 1),
     "norm_num_groups": ("min", 1), "kl_weight": ("min", 0), "edge_weight": ("min", 0), "hidden_size": ("min", 1),
     "num_hidden_layers": ("min", 1), "num_attention_heads": ("min", 1), "intermediate_size": ("min", 1), "seed": ("min", 0),
