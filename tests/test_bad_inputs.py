@@ -175,7 +175,6 @@ def test_bad_input_is_one_line_rc2_and_touches_nothing(name, inputs, tmp_path, m
     argv, message, *files = CASES[name]
     prepare(tmp_path, files[0] if files else {})
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LATENTDIFF_BENCH_DIR", str(tmp_path / "bench-cache"))
     before = snapshot(tmp_path)
     try:
         code = main([a.format(W=tmp_path, **inputs) for a in argv])
