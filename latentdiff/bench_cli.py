@@ -60,15 +60,22 @@ def add_bench_parser(sub) -> None:
                        description="Side-by-side benchmark: U-Net CFG step, VAE decode, end-to-end image, peak memory; "
                                    "raw JSON, then the BENCHMARKS.md table. Slow on CPU (minutes per variant).")
     add_bench_arguments(p)
-    p.add_argument("--table", action="store_true", help="only regenerate benchmarks/BENCHMARKS.md from results/*.json")
+    p.add_argument("--table", nargs="?", const="BENCHMARKS.md", default=None, metavar="PATH",
+                   help="only write the results table (from the source tree's benchmarks/results/*.json) to PATH "
+                        "(default ./BENCHMARKS.md; the existing file's hand-written parts are kept)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    make_table = load_bench_module("make_table")
-    if args.table:
-        print(make_table.write_table())
+    if args.table is not None:
+        table = Path(args.table)
+        if table.is_dir():
+            raise LatentDiffError(f"--table {table} is a folder; give a file path such as {table / 'BENCHMARKS.md'}")
+        if not table.parent.is_dir():
+            raise LatentDiffError(f"output folder does not exist: {table.parent}")
+        print(load_bench_module("make_table").write_table(table))
         return 0
+    make_table = load_bench_module("make_table")
     if args.steps <= 0 or args.size <= 0 or args.size % 8 or args.latent <= 0:
         raise LatentDiffError("--steps and --latent must be positive and --size a positive multiple of 8")
     if args.model:

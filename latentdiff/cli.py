@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,14 +34,41 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the CLI's error form: `error: <one line>` on stderr and exit 2 (no usage block)."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt")
+
+
 def _lora_arg(text: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` → (path, weight). A colon belongs to the path when what follows it looks like a path
+    (a Windows drive letter `C:\\x`, a folder `a:b/x`, a LoRA file name) or when the whole text names an existing file."""
     path, sep, weight = text.rpartition(":")
-    if not sep or not path or len(path) == 1:  # no weight given (or a Windows drive letter)
+    if not sep or not path or os.path.isfile(text):
+        return text, 1.0
+    if len(path) == 1 and weight[:1] in ("\\", "/"):  # C:\x.safetensors, C:/x.safetensors
+        return text, 1.0
+    if "/" in weight or "\\" in weight or weight.lower().endswith(LORA_SUFFIXES):
         return text, 1.0
     try:
-        return path, float(weight)
+        value = float(weight)
     except ValueError:
-        return text, 1.0
+        raise argparse.ArgumentTypeError(f"LoRA weight {weight!r} is not a number (give PATH or PATH:WEIGHT, e.g. x.safetensors:0.8)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"LoRA weight {weight!r} is not a finite number")
+    return path, value
+
+
+def check_flag_numbers(args: argparse.Namespace) -> None:
+    """Every float flag must be finite: NaN/inf guidance, strength or blur would draw black pictures and break the PNG's JSON."""
+    for dest, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LatentDiffError(f"--{dest.removeprefix('set_').replace('_', '-')} must be a finite number, got {value}")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +100,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentdiff", description="Latent text-to-image diffusion, offline.")
+    parser = OneLineParser(prog="latentdiff", description="Latent text-to-image diffusion, offline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="draw images from a prompt")
@@ -104,20 +132,23 @@ def resolve_model(path: str | None) -> str:
     return str(default)
 
 
-def output_paths(out: str | None, count: int) -> list[Path]:
-    """Where the PNGs go; checked for writability before any model is loaded."""
-    from .pipelines.params import next_free_path
-
+def output_paths(out: str | None, count: int) -> list[Path | None]:
+    """Where the PNGs go, checked before any model is loaded; None: the next free number in the current folder,
+    reserved only when the finished file is published (params.save_png_numbered), so concurrent runs never collide."""
     if out is None:
-        first = next_free_path(".")
-        n0 = int(first.stem)
-        paths = [Path(f"{n0 + i:05d}.png") for i in range(count)]
+        paths: list[Path | None] = [None] * count
+        folder = Path(".")
     else:
         base = Path(out)
+        if base.is_dir():
+            raise LatentDiffError(f"--out {out} is a folder; give a file name ending in .png")
         if base.suffix.lower() != ".png":
             raise LatentDiffError(f"output file must end in .png: {out}")
         paths = [base] if count == 1 else [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(count)]
-    folder = paths[0].parent
+        for path in paths:
+            if path.is_dir():
+                raise LatentDiffError(f"{path} is a folder; give another --out")
+        folder = base.parent
     if not folder.is_dir():
         raise LatentDiffError(f"output folder does not exist: {folder}")
     if not os.access(folder, os.W_OK):
@@ -125,23 +156,65 @@ def output_paths(out: str | None, count: int) -> list[Path]:
     return paths
 
 
+def save_outputs(out, paths: list[Path | None]) -> int:
+    """Write each image with its parameters (numbered names reserved atomically) and print one line per file."""
+    from .pipelines.params import save_png, save_png_numbered
+
+    for image, params, path in zip(out.images, out.params, paths):
+        written = save_png_numbered(image, params, ".") if path is None else save_png(image, params, path)
+        print(f"{written}  seed {params.seed}")
+    return 0
+
+
 def check_request(p, num: int) -> None:
-    """Fail on bad sampling settings before any model is loaded."""
+    """Fail on bad sampling settings before any model is loaded (`p`: steps, sampler, guidance, width, height and,
+    where given, seed, guidance_rescale, clip_skip)."""
+    from .pipelines.request import check_guidance, check_seed, generation_bytes
     from .pipelines.samplers import check_sampler
     from .pipelines.text_to_image import check_size
+    from .runtime import check_fits
 
-    if p.width is not None or p.height is not None:
-        check_size(p.width or 8, p.height or 8)
-    if p.steps is not None and p.steps <= 0:  # None: the model's default, checked when it loads
-        raise LatentDiffError(f"steps must be a positive integer, got {p.steps}")
     if num <= 0:
         raise LatentDiffError(f"--num must be positive, got {num}")
+    if p.width is not None or p.height is not None:
+        check_size(p.width or 8, p.height or 8)
+        w, h = p.width or p.height, p.height or p.width
+        check_fits(generation_bytes(w, h, num), f"{w}x{h}" + (f" × {num} images" if num > 1 else ""))
+    if p.steps is not None and p.steps <= 0:  # None: the model's default, checked when it loads
+        raise LatentDiffError(f"steps must be a positive integer, got {p.steps}")
     if p.sampler is not None:
         check_sampler(p.sampler)
+    if getattr(p, "seed", None) is not None:
+        check_seed(p.seed, num)
+    guidance = getattr(p, "guidance", getattr(p, "guidance_scale", None))  # a namespace of flags or GenerationParams
+    check_guidance(1.0 if guidance is None else guidance, getattr(p, "guidance_rescale", 0.0) or 0.0)
+    if (getattr(p, "clip_skip", 0) or 0) < 0:
+        raise LatentDiffError(f"--clip-skip must be ≥ 0, got {p.clip_skip}")
+
+
+def check_runtime(args) -> None:
+    """--device, --dtype and --attention known here, before any model loads."""
+    from .models.attention import BACKENDS
+    from .runtime import parse_device, parse_dtype
+
+    parse_dtype(args.dtype, parse_device(args.device))
+    if args.attention not in BACKENDS:
+        raise LatentDiffError(f"unknown attention {args.attention!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def report_fast(pipe, args) -> None:
+    """One line on stderr saying what --fast/--compile turned on here (BENCHMARKS.md lists what is proven faster)."""
+    if not (args.fast or args.compile):
+        return
+    from .fast import levers_for
+
+    proven = levers_for(pipe.device)
+    note = "" if proven or not args.fast else f"; no speed lever is proven faster on {pipe.device.type} yet"
+    print(f"fast: {', '.join(pipe.fast_levers) or 'nothing'} on {pipe.device.type}{note}", file=sys.stderr)
 
 
 def cmd_generate(args) -> int:
-    from .pipelines.params import GenerationParams, save_png
+    from .pipelines.params import GenerationParams
     from .pipelines.replay import apply_replay
     from .pipelines.text_to_image import LatentDiffusionPipeline
 
@@ -156,11 +229,13 @@ def cmd_generate(args) -> int:
     model, loras = args.model, args.lora
     num = args.num
     check_request(p, num)
+    check_runtime(args)
     paths = output_paths(args.out, num)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    fast=args.fast, compile=args.compile,
                                                    prediction_type=args.prediction_type)
+    report_fast(pipe, args)
     if model in (None, "default"):
         pipe.model_name = "default"
     for path, weight in loras:
@@ -168,10 +243,7 @@ def cmd_generate(args) -> int:
     out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
                clip_skip=p.clip_skip)
-    for image, params, path in zip(out.images, out.params, paths):
-        save_png(image, params, path)
-        print(f"{path}  seed {params.seed}")
-    return 0
+    return save_outputs(out, paths)
 
 
 def cmd_info(args) -> int:
@@ -217,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _quiet_libraries()
+        check_flag_numbers(args)
         return args.func(args)
     except LatentDiffError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import LatentDiffError
+from .runtime import check_fits
 from .models.dit import DiT, DiTConfig
 from .models.unet import UNet, UNetConfig
 
@@ -207,10 +208,20 @@ def profile_many(specs: list[tuple[str, ArchConfig, str]], settings: ProfileSett
         raise LatentDiffError(f"unknown dtype {s.dtype!r}; choose one of {', '.join(_DTYPES)}")
     from tqdm import tqdm
 
+    if s.size is not None and s.size < 1:
+        raise LatentDiffError(f"--size must be positive, got {s.size}")
+    if s.latency:  # refuse sizes that cannot fit before anything is built
+        dev, dtype = _device(s.device), _DTYPES[s.dtype]
+        for name, config, _ in specs:
+            size = s.size or config.sample_size
+            check_fits(activation_bytes(config, s.batch, size, dtype.itemsize), f"{name}: latent {size}x{size}", dev)
     rows = []
     for name, config, description in tqdm(specs, desc="count", unit="config", disable=not progress):
         size = s.size or config.sample_size
-        flops, params = count_flops(config, s.batch, size, s.tokens)
+        try:
+            flops, params = count_flops(config, s.batch, size, s.tokens)
+        except RuntimeError as e:  # meta tensors too large to describe (attention over billions of tokens)
+            raise LatentDiffError(f"{name}: latent {size}x{size} is too large to count ({str(e).splitlines()[0]})") from None
         rows.append(ProfileRow(name=name, arch="dit" if isinstance(config, DiTConfig) else "unet", params=params, flops=flops,
                                batch=s.batch, latent=[size, size], tokens=s.tokens, description=description,
                                config=config.to_dict()))
@@ -230,6 +241,15 @@ def profile_many(specs: list[tuple[str, ArchConfig, str]], settings: ProfileSett
         for key, value in peak_memory_mb(model, inputs).items():
             setattr(row, key, value)
     return rows
+
+
+def activation_bytes(config: ArchConfig, batch: int, size: int, dtype_bytes: int = 4) -> float:
+    """Rough peak activation bytes of one forward: ~8 top-level feature maps (skips included), weights not counted."""
+    if isinstance(config, DiTConfig):
+        width = config.hidden_size * config.mlp_ratio / config.patch_size**2  # per latent pixel, MLP hidden
+    else:
+        width = config.block_out_channels[0]
+    return batch * size * size * width * dtype_bytes * 8
 
 
 def profile_one(name: str, config: ArchConfig, settings: ProfileSettings, description: str = "") -> ProfileRow:

@@ -44,9 +44,45 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.d
 
 
 def parse_device(name: str | torch.device | None) -> torch.device:
+    """`--device` value → torch device; one line for a name torch does not know or a GPU that is not there."""
     if name in (None, "auto"):
         return default_device()
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise LatentDiffError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise LatentDiffError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LatentDiffError("device cuda asked for, but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LatentDiffError(f"device {name} asked for, but there are {torch.cuda.device_count()} CUDA GPUs")
     return device
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device`: CUDA's free memory, else MemAvailable from /proc/meminfo (or sysconf)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown (Windows, macOS without sysconf): do not refuse
+
+
+def check_fits(nbytes: float, what: str, device: torch.device | str = "cpu") -> None:
+    """Refuse, before allocating, a job whose estimated peak `nbytes` exceeds the memory free on `device`."""
+    device = torch.device(device)
+    free = available_memory(device)
+    if nbytes > free:
+        raise LatentDiffError(f"{what} needs about {nbytes / 2**30:,.0f} GiB but {device.type} has "
+                              f"{free / 2**30:,.1f} GiB free; use a smaller size or fewer images")

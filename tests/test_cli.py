@@ -1,6 +1,7 @@
 """The `latentdiff` command end to end on tiny models: PNGs with parameters, replay, and one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,136 @@ def test_info_on_lora_files_says_lora(capsys, tmp_path, tiny_sd1):
     code, out, _ = run(capsys, "info", bare)
     assert code == 0 and "alpha            not recorded (taken as the rank: scale 1)" in out.splitlines()
     assert "rank             2" in out.splitlines()
+
+
+# -- issue 13: lost files, non-finite numbers, --lora parsing, bench --table, --fast in img2img ----------------------------
+def test_two_runs_in_one_folder_keep_both_images(tmp_path, monkeypatch, tiny_folder):
+    """Both runs pick their names before drawing; the name is reserved only when the file is published."""
+    import threading
+
+    from latentdiff.cli import output_paths, save_outputs
+    from latentdiff.pipelines.params import GenerationParams, save_png_numbered
+    from latentdiff.pipelines.text_to_image import PipelineOutput
+
+    monkeypatch.chdir(tmp_path)
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    first, second = output_paths(None, 1), output_paths(None, 1)  # two `generate` runs started together
+    save_outputs(PipelineOutput([red], [GenerationParams("red", seed=1)]), first)
+    save_outputs(PipelineOutput([blue], [GenerationParams("blue", seed=2)]), second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.png", "00001.png"]
+    assert {read_png_params(tmp_path / n).prompt for n in ("00000.png", "00001.png")} == {"red", "blue"}
+
+    # eight concurrent writers, released together: eight distinct, complete PNGs, no temp files left
+    barrier, written, errors = threading.Barrier(8), [], []
+
+    def writer(i: int) -> None:
+        try:
+            barrier.wait()
+            written.append(save_png_numbered(Image.new("RGB", (8, 8), (i * 30, 0, 0)), GenerationParams(f"p{i}", seed=i), tmp_path))
+        except Exception as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len({p.name for p in written}) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:05d}.png" for i in range(10)]
+    for path in written:
+        p = read_png_params(path)
+        assert pixels(path)[0, 0, 0] == int(p.prompt[1:]) * 30 and p.seed == int(p.prompt[1:])
+
+
+def test_non_finite_numbers_are_refused_by_the_python_api(tiny_folder, tmp_path):
+    from latentdiff.errors import LatentDiffError
+    from latentdiff.pipelines.params import GenerationParams
+
+    with pytest.raises(LatentDiffError, match="non-finite generation parameters .guidance_scale"):
+        GenerationParams("a cat", guidance_scale=float("nan")).to_json()
+    assert json.loads(GenerationParams("a cat", guidance_scale=7.5).to_json())["guidance_scale"] == 7.5
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype="fp32")
+    image = Image.new("RGB", (64, 64), (120, 30, 200))
+    mask = Image.new("L", (64, 64), 255)
+    kw = dict(num_inference_steps=1, progress=False)
+    cases = [
+        (lambda: pipe("a", guidance_scale=float("nan"), **kw), "guidance_scale must be a finite number, got nan"),
+        (lambda: pipe("a", guidance_scale=5, guidance_rescale=float("inf"), **kw), "guidance_rescale must be a finite number"),
+        (lambda: pipe("a", seed=2**64, **kw), r"seed must be an integer in \[0, 2\^64\)"),
+        (lambda: pipe("a", seed=-3, **kw), r"seed must be an integer in \[0, 2\^64\)"),
+        (lambda: pipe("a", clip_skip=2, **kw), "--clip-skip 2 is beyond the text encoder's 2 layers"),
+        (lambda: pipe("a", width=100000, height=100000, **kw), "100000x100000 needs about"),
+        (lambda: pipe.img2img("a", image, strength=float("nan"), **kw), r"strength must be in \(0, 1\], got nan"),
+        (lambda: pipe.img2img("a", image, guidance_scale=float("-inf"), **kw), "guidance_scale must be a finite number"),
+        (lambda: pipe.inpaint("a", image, mask, mask_blur=float("nan"), **kw), "mask_blur must be a finite number"),
+        (lambda: pipe.inpaint("a", image, mask, mask_blur=1e9, **kw), "larger than the image"),
+        (lambda: pipe.load_lora(tmp_path / "x.safetensors", weight=float("nan")), "LoRA weight must be a finite number"),
+        (lambda: pipe.set_loras({"x": float("inf")}), "LoRA weight of x must be a finite number"),
+    ]
+    for call, message in cases:
+        with pytest.raises(LatentDiffError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("x.safetensors", ("x.safetensors", 1.0)),
+    ("x.safetensors:0.5", ("x.safetensors", 0.5)),
+    ("x.safetensors:-1", ("x.safetensors", -1.0)),
+    ("C:\\loras\\x.safetensors", ("C:\\loras\\x.safetensors", 1.0)),
+    ("C:\\loras\\x.safetensors:0.7", ("C:\\loras\\x.safetensors", 0.7)),
+    ("C:/loras/x.safetensors", ("C:/loras/x.safetensors", 1.0)),
+    ("my:loras/x.safetensors", ("my:loras/x.safetensors", 1.0)),
+    ("my:loras/x.safetensors:2", ("my:loras/x.safetensors", 2.0)),
+    ("x.safetensors:abc", "LoRA weight 'abc' is not a number"),
+    ("x.safetensors:nan", "LoRA weight 'nan' is not a finite number"),
+    ("x.safetensors:-inf", "LoRA weight '-inf' is not a finite number"),
+])
+def test_lora_flag_parsing(text, expected):
+    import argparse
+
+    from latentdiff.cli import _lora_arg
+
+    if isinstance(expected, tuple):
+        assert _lora_arg(text) == expected
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match=expected):
+            _lora_arg(text)
+
+
+def test_lora_flag_keeps_an_existing_file_whose_name_has_a_colon(tmp_path, monkeypatch):
+    from latentdiff.cli import _lora_arg
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "style:v2").write_bytes(b"")
+    assert _lora_arg("style:v2") == ("style:v2", 1.0)
+
+
+def test_bench_table_writes_where_asked_not_into_the_source_tree(capsys, tmp_path, monkeypatch):
+    from latentdiff.bench_cli import BENCH_DIR
+
+    tree = BENCH_DIR / "BENCHMARKS.md"
+    before = (tree.read_bytes(), tree.stat().st_mtime_ns)
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "bench", "--table")
+    assert code == 0 and out.strip() == str(Path("BENCHMARKS.md")) and "| " in (tmp_path / "BENCHMARKS.md").read_text()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "perf.md").write_text("# Ours\n\nhand-written notes\n")
+    assert run(capsys, "bench", "--table", "docs/perf.md")[0] == 0
+    text = (tmp_path / "docs" / "perf.md").read_text()
+    assert text.startswith("# Ours\n\nhand-written notes\n") and "| " in text
+    assert (tree.read_bytes(), tree.stat().st_mtime_ns) == before
+
+
+def test_img2img_and_inpaint_take_fast_and_say_what_it_turned_on(capsys, tmp_path, tiny_folder):
+    src = tmp_path / "in.png"
+    Image.fromarray((np.indices((64, 64)).sum(0) * 2 % 256).astype(np.uint8)).convert("RGB").save(src)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 64), 255).save(mask)
+    for cmd, extra in (("img2img", []), ("inpaint", ["--mask", mask])):
+        plain, fast = tmp_path / f"{cmd}.png", tmp_path / f"{cmd}-fast.png"
+        assert run(capsys, cmd, "a cat", "--image", src, *extra, "--model", tiny_folder, "--out", plain, *ARGS)[0] == 0
+        code, _, err = run(capsys, cmd, "a cat", "--image", src, *extra, "--model", tiny_folder, "--out", fast, "--fast", *ARGS)
+        assert code == 0
+        said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("fast:")]  # besides progress bars
+        assert said == ["fast: vae_tiling>1024 on cpu; no speed lever is proven faster on cpu yet"]
+        assert np.abs(pixels(plain) - pixels(fast)).max() == 0  # tiling starts above 1024 px: the same picture here

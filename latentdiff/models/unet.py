@@ -117,6 +117,9 @@ class UNetConfig:
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "UNetConfig":
         """Translate a diffusers `unet/config.json` dict, refusing features outside the SD 1.x/2.x family."""
+        for key in ("down_block_types", "up_block_types", "block_out_channels"):
+            if key not in cfg:
+                raise LatentDiffError(f"unet/config.json lacks the required key {key!r}")
         for key, default in _UNSUPPORTED.items():
             if cfg.get(key, default) != default:
                 raise LatentDiffError(f"unsupported U-Net feature {key}={cfg[key]!r} (only SD 1.x/2.x layouts are implemented)")

@@ -70,21 +70,24 @@ def _check_inputs(replay: str | None, expected: dict[str, str], actual: dict[str
 
 def _sampling(args) -> SimpleNamespace:
     """The sampling settings with their defaults, checked before any model loads."""
-    from ..cli import check_request
+    from ..cli import check_request, check_runtime
 
     s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
-                        width=args.width, height=args.height)
+                        width=args.width, height=args.height, seed=args.seed, guidance_rescale=args.guidance_rescale,
+                        clip_skip=args.clip_skip)
     check_request(s, args.num)
+    check_runtime(args)
     return s
 
 
 def _load_pipeline(args):
-    from ..cli import resolve_model
+    from ..cli import report_fast, resolve_model
     from .text_to_image import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
-                                                   prediction_type=args.prediction_type)
+                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile)
+    report_fast(pipe, args)
     if args.model in (None, "default"):
         pipe.model_name = "default"
     for path, weight in args.lora:
@@ -93,12 +96,9 @@ def _load_pipeline(args):
 
 
 def _save(out, paths) -> int:
-    from .params import save_png
+    from ..cli import save_outputs
 
-    for image, params, path in zip(out.images, out.params, paths):
-        save_png(image, params, path)
-        print(f"{path}  seed {params.seed}")
-    return 0
+    return save_outputs(out, paths)
 
 
 def cmd_img2img(args) -> int:
@@ -124,6 +124,7 @@ def cmd_inpaint(args) -> int:
     from ..errors import LatentDiffError
     from .image_to_image import check_strength
     from .images import load_image, load_mask
+    from .inpaint import check_mask_blur
 
     expected = _apply_replay(args, "inpaint")
     s = _sampling(args)
@@ -133,6 +134,7 @@ def cmd_inpaint(args) -> int:
     if args.mask_blur and not args.overlay:
         raise LatentDiffError("--mask-blur feathers the paste-back of the input; it has no effect with --no-overlay")
     init = load_image(args.image, args.width, args.height)
+    check_mask_blur(args.mask_blur, *init.size)
     mask = load_mask(args.mask, init, args.mask_threshold)
     _check_inputs(args.replay, expected, {"image": init.sha, "mask": mask.sha})
     paths = output_paths(args.out, args.num)

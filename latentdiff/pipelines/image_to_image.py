@@ -12,7 +12,7 @@ import torch
 from ..errors import LatentDiffError
 from .guidance import CFGDenoiser
 from .images import ImageInput, InputImage, load_image
-from .request import Request, expand_request, request_params  # noqa: F401  (inpaint imports them from here)
+from .request import Request, check_guidance, check_memory, expand_request, request_params  # noqa: F401  (inpaint imports them)
 from .samplers import make_scheduler
 
 
@@ -82,6 +82,8 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     init = image if isinstance(image, InputImage) else load_image(image, width, height, pipe.vae_scale_factor)
     w, h = init.size
     check_size(w, h, pipe.vae_scale_factor)
+    check_guidance(guidance_scale, guidance_rescale)
+    check_memory(pipe, w, h, len(req.prompts))
     scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config)
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)

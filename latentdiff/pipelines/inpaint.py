@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import LatentDiffError
 from .guidance import CFGDenoiser
 from .image_to_image import check_strength, draw_noise, expand_request, request_params, strength_timesteps, vae_encode
+from .request import check_guidance, check_memory, check_numbers
 from .images import ImageInput, InputImage, InputMask, feather, load_image, load_mask, overlay
 from .samplers import make_scheduler
 
@@ -32,6 +33,13 @@ def unet_mode(pipe) -> str:
         return "blend"
     raise LatentDiffError(f"inpainting needs a U-Net with {c_lat} (latent blending) or {2 * c_lat + 1} "
                           f"(mask + masked image) input channels; this one has {c_in}")
+
+
+def check_mask_blur(blur: float, width: int, height: int) -> None:
+    """A feather σ wider than the picture only costs memory (its kernel spans 6σ): refuse it."""
+    if blur > max(width, height):
+        raise LatentDiffError(f"--mask-blur {blur:g} px is larger than the image ({max(width, height)} px); "
+                              "use a blur of a few pixels")
 
 
 @torch.no_grad()
@@ -61,6 +69,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     strength = check_strength(strength)
     num_inference_steps, guidance_scale, sampler = pipe.sampling_settings(num_inference_steps, guidance_scale, sampler)
+    check_numbers(mask_blur=mask_blur, mask_threshold=mask_threshold)
     if mask_blur < 0:
         raise LatentDiffError(f"mask blur must be ≥ 0 pixels, got {mask_blur}")
     if mask_blur and not overlay_original:
@@ -73,6 +82,9 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     check_size(w, h, pipe.vae_scale_factor)
     if tuple(m.tensor.shape[-2:]) != (h, w):
         raise LatentDiffError(f"mask is {m.tensor.shape[-1]}x{m.tensor.shape[-2]} but the image is {w}x{h}")
+    check_mask_blur(mask_blur, w, h)
+    check_guidance(guidance_scale, guidance_rescale)
+    check_memory(pipe, w, h, len(req.prompts))
     scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config)
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
 from ..errors import LatentDiffError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, publish
 from .samplers import a1111_fields
 
 JSON_KEY = "latentdiff"
@@ -74,8 +76,12 @@ class GenerationParams:
         return out
 
     def to_json(self) -> str:
-        """The JSON chunk: every field, LoRA hashes filled in."""
-        return json.dumps({**asdict(self), "lora_hashes": self.lora_hash_map()}, ensure_ascii=False)
+        """The JSON chunk: every field, LoRA hashes filled in; strict JSON, so NaN or infinity is refused (one line)."""
+        try:
+            return json.dumps({**asdict(self), "lora_hashes": self.lora_hash_map()}, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            bad = [k for k, v in asdict(self).items() if isinstance(v, float) and not math.isfinite(v)]
+            raise LatentDiffError(f"cannot record non-finite generation parameters ({', '.join(bad) or 'a nested value'})") from None
 
     @classmethod
     def from_json(cls, text: str) -> "GenerationParams":
@@ -143,18 +149,63 @@ def _parse_pairs(line: str) -> dict[str, str]:
     return out
 
 
-def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLike) -> Path:
-    """Write the PNG with both chunks atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
+def _png_writer(image: Image.Image, params: GenerationParams):
+    """A `write(tmp_path)` callable that saves the PNG with the A1111 text chunk and the JSON chunk."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", params.to_a1111())
     info.add_itxt(JSON_KEY, params.to_json())
+    return lambda tmp: image.save(tmp, format="PNG", pnginfo=info)
+
+
+def save_png(image: Image.Image, params: GenerationParams, path: str | os.PathLike) -> Path:
+    """Write the PNG with both chunks atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    write = _png_writer(image, params)
     if not path.parent.is_dir():
         raise LatentDiffError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise LatentDiffError(f"{path} is a folder; give a file name ending in .png")
     try:
-        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+        return atomic_write(path, write)
     except PermissionError as e:
         raise LatentDiffError(f"cannot write to {path.parent}: {e.strerror}") from None
+
+
+def save_png_numbered(image: Image.Image, params: GenerationParams, folder: str | os.PathLike = ".", prefix: str = "") -> Path:
+    """Write the PNG under the next free number in `folder`, reserving the name when the finished file is published.
+
+    The file is written to a temp name, then hard-linked to `NNNNN.png`; a link fails if the name exists, so two
+    concurrent runs that picked the same number cannot overwrite each other: the loser takes the next number. Where
+    hard links are not supported the name is reserved by an exclusive create (O_CREAT|O_EXCL) and then replaced.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LatentDiffError(f"output folder does not exist: {folder}")
+    write = _png_writer(image, params)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latentdiff-", suffix=".png.tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        publish(tmp)
+        for _ in range(100_000):
+            path = next_free_path(folder, prefix)
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue  # another writer published this number first
+            except OSError:  # no hard links here (some network/FAT file systems): reserve by exclusive create
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, path)
+                return path
+        raise LatentDiffError(f"no free numbered file name in {folder}")
+    except PermissionError as e:
+        raise LatentDiffError(f"cannot write to {folder}: {e.strerror}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def read_png_params(path: str | os.PathLike) -> GenerationParams:

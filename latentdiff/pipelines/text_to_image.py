@@ -20,7 +20,7 @@ from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
 from .guidance import CFGDenoiser
 from .params import GenerationParams
-from .request import expand_request, request_params
+from .request import check_guidance, check_memory, check_numbers, expand_request, request_params
 from .samplers import make_scheduler
 
 
@@ -101,10 +101,12 @@ class LatentDiffusionPipeline:
 
     def load_lora(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
         """Attach a LoRA file (peft/diffusers or kohya/A1111 format) as a named adapter; returns its name."""
+        check_numbers(**{"LoRA weight": weight})
         return self.loras.load(path, name=name, weight=weight)
 
     def set_loras(self, weights: dict[str, float]) -> None:
         """Run exactly these adapters with these weights ({name: weight}); the others stay loaded, switched off."""
+        check_numbers(**{f"LoRA weight of {name}": w for name, w in weights.items()})
         self.loras.set_weights(weights)
 
     def disable_loras(self) -> None:
@@ -137,6 +139,11 @@ class LatentDiffusionPipeline:
     # -- the stages, in data-flow order ---------------------------------------------------------------------------
     def encode_text(self, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int = 0) -> torch.Tensor:
         """[uncond; cond] embeddings (2B, T, D) when guided, else cond only (B, T, D)."""
+        layers = self.text_encoder.config.num_hidden_layers
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
+            raise LatentDiffError(f"--clip-skip must be ≥ 0, got {clip_skip}")
+        if clip_skip >= layers:
+            raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers (use 0 to {layers - 1})")
         texts = negatives + prompts if guided else prompts
         return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
 
@@ -217,8 +224,10 @@ class LatentDiffusionPipeline:
         height = native if height is None else height
         width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
+        check_guidance(guidance_scale, guidance_rescale)
         req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
         prompts, negatives, seeds, sampler = req.prompts, req.negatives, req.seeds, req.sampler
+        check_memory(self, width, height, len(req.prompts))
         scheduler = make_scheduler(sampler, self.components.scheduler_config)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 

@@ -5,6 +5,7 @@ Kept free of torch so that `latentdiff --help` and the CLI's parser build withou
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -95,6 +96,20 @@ class LoraTrainConfig:
         for name in ("rank", "max_steps", "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise LatentDiffError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LatentDiffError(f"{f.name} must be a finite number{' > 0' if f.name in ('lr', 'text_lr') else ''}, got {value}")
+        for name in ("lr", "text_lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise LatentDiffError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("alpha", "weight_decay", "warmup_steps", "min_snr_gamma", "noise_offset", "checkpoint_every",
+                     "keep_checkpoints", "eval_items", "validation_every", "seed", "validation_seed", "resolution"):
+            if getattr(self, name) < 0:
+                raise LatentDiffError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        for name in ("log_every", "validation_steps", "max_aspect"):
+            if not getattr(self, name) >= 1:
+                raise LatentDiffError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("caption_dropout", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise LatentDiffError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -122,6 +137,8 @@ def config_from(values: dict) -> LoraTrainConfig:
             if not isinstance(value, bool):
                 raise LatentDiffError(f"{key} must be true or false, got {value!r}")
             kwargs[key] = value
+        elif isinstance(default, int) and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+            raise LatentDiffError(f"{key} must be an integer, got {value!r}")
         else:
             try:
                 kwargs[key] = type(default)(value) if value is not None else default

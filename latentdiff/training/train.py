@@ -137,20 +137,74 @@ class TrainConfig:
         return cfg
 
 
+# Allowed values per config field (checked by _build): ("min", x) means ≥ x, ("pos",) > 0, ("below1",) in [0, 1), a tuple of
+# strings the choices. Types are checked against each field's default.
+LIMITS: dict[str, tuple] = {
+    "max_steps": ("min", 0), "batch_size": ("min", 1), "grad_accum": ("min", 1), "warmup_steps": ("min", 0),
+    "decay_steps": ("min", 0), "checkpoint_every": ("min", 1), "sample_every": ("min", 0), "log_every": ("min", 1),
+    "lr": ("pos",), "weight_decay": ("min", 0), "max_minutes": ("min", 0), "max_grad_norm": ("pos",),
+    "min_snr_gamma": ("min", 0), "noise_offset": ("min", 0), "ema_decay": ("below1",), "caption_dropout": ("below1",),
+    "mixed_precision": ("no", "bf16", "fp16"),  # posterior and split: checked in load_config
+    "templates": ("emoji", "plain"), "resolution": ("min", 8), "layers_per_block": ("min", 1), "latent_channels": ("min", 1),
+    "norm_num_groups": ("min", 1), "kl_weight": ("min", 0), "edge_weight": ("min", 0), "hidden_size": ("min", 1),
+    "num_hidden_layers": ("min", 1), "num_attention_heads": ("min", 1), "intermediate_size": ("min", 1), "seed": ("min", 0),
+}
+
+
+def _check_value(name: str, value, default):
+    """`value` of the kind `default` has and within LIMITS[name]; one line naming the key otherwise. Returns it."""
+    key = name.rsplit(".", 1)[-1]
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise LatentDiffError(f"{name} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(default, float) and isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise LatentDiffError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(default, int) and isinstance(value, float)):
+            raise LatentDiffError(f"{name} must be {'an integer' if isinstance(default, int) else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            raise LatentDiffError(f"{name} must be a finite number{' > 0' if LIMITS.get(key) == ('pos',) else ''}, got {value}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise LatentDiffError(f"{name} must be a string, got {value!r}")
+    elif isinstance(default, list):
+        kind = type(default[0]) if default else str
+        if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise LatentDiffError(f"{name} must be a list of {'strings' if kind is str else 'integers'}, got {value!r}")
+    elif isinstance(default, dict) and not isinstance(value, dict):
+        raise LatentDiffError(f"{name} must be a mapping, got {value!r}")
+    limit = LIMITS.get(key)
+    if limit is None:
+        return value
+    if limit[0] == "min" and value < limit[1]:
+        raise LatentDiffError(f"{name} must be ≥ {limit[1]}, got {value}")
+    if limit[0] == "pos" and not value > 0:
+        raise LatentDiffError(f"{name} must be a finite number > 0, got {value}")
+    if limit[0] == "below1" and not 0 <= value < 1:
+        raise LatentDiffError(f"{name} must be in [0, 1), got {value}")
+    if isinstance(limit[0], str) and limit[0] not in ("min", "pos", "below1") and value not in limit:
+        raise LatentDiffError(f"{name} must be one of {', '.join(limit)}, got {value!r}")
+    return value
+
+
 def _build(cls, d: object, where: str):
-    """Dataclass from a dict, rejecting unknown keys with one line that names the key."""
+    """Dataclass from a dict, rejecting unknown keys and values of the wrong kind or range with one line naming the key."""
     if d is None:
         d = {}
     if not isinstance(d, dict):
         raise LatentDiffError(f"config section {where or 'top level'} must be a mapping")
     known = {f.name: f for f in fields(cls)}
+    defaults = cls()
     kwargs = {}
     for key, value in d.items():
         if key not in known:
             raise LatentDiffError(f"unknown config key {where + '.' if where else ''}{key}")
         sub = {"data": DataConfig, "vae": VAEConfig, "text_encoder": TextConfig, "train_vae": StageConfig,
                "train_unet": StageConfig, "train_decoder": StageConfig}.get(key) if cls is TrainConfig else None
-        kwargs[key] = _build(sub, value, key) if sub else value
+        kwargs[key] = _build(sub, value, key) if sub else _check_value(f"{where + '.' if where else ''}{key}", value,
+                                                                         getattr(defaults, key))
     return cls(**kwargs)
 
 
@@ -183,7 +237,11 @@ def load_config(path: str | os.PathLike) -> TrainConfig:
     from ..checkpoints.loader import check_generation_config
 
     cfg.generation = check_generation_config(cfg.generation, "generation")  # fail before training, not at export
+    given = cfg.data.root
     cfg.data.root = str((path.parent / cfg.data.root) if not Path(cfg.data.root).is_absolute() and not Path(cfg.data.root).exists() else cfg.data.root)
+    if not Path(cfg.data.root).is_dir():
+        raise LatentDiffError(f"data.root {given} is not a folder (relative paths are read from the current folder, "
+                              "then from the config's)")
     return cfg
 
 

@@ -31,15 +31,31 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from latentdiff.training.train import run
+    from latentdiff.training.lora_cli import removed_on_failure
+    from latentdiff.training.train import load_config, run
 
-    out = run(args.config, stage=args.stage, resume=args.resume, out=args.out)
+    cfg = load_config(args.config)  # every value checked before anything is cached or trained
+    with removed_on_failure(cfg.output_dir):
+        out = run(args.config, stage=args.stage, resume=args.resume, out=args.out)
     if out is not None:
         print(f"model written to {out}")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentdiff.errors import LatentDiffError
     from latentdiff.evaluation.evaluate import main_eval
 
+    if not Path(args.data).is_dir():
+        raise LatentDiffError(f"no such dataset folder: {args.data}")
+    if args.per_prompt < 1:
+        raise LatentDiffError(f"--per-prompt must be positive, got {args.per_prompt}")
+    if args.steps is not None and args.steps < 1:
+        raise LatentDiffError(f"--steps must be positive, got {args.steps}")
+    if args.sampler is not None:
+        from latentdiff.pipelines.samplers import check_sampler
+
+        check_sampler(args.sampler)
     return main_eval(args)
