@@ -13,13 +13,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def pytest_addoption(parser):
-    """`--device cuda --dtype fp16` runs the parity tests that take the `target` fixture on a GPU (the lease plan)."""
-    parser.addoption("--device", default="cpu", help="device for the parity tests that take `target` (default cpu)")
+    """`--device cuda --dtype fp16` runs the parity tests that take `parity_target` on a GPU (the lease plan)."""
+    parser.addoption("--device", default="cpu", help="device for the parity tests that take `parity_target` (default cpu)")
     parser.addoption("--dtype", default="fp32", help="their weights' dtype: fp32, fp16, bf16, or a list (fp16,bf16) to run each")
 
 
 class Target:
-    """Where the `target`-taking parity tests run ours, and how far from diffusers' fp32-on-CPU answer they may be."""
+    """Where the `parity_target`-taking tests run ours, and how far from diffusers' fp32-on-CPU answer they may be."""
 
     # About twice what the CPU measured here (2026-11-30): U-Net rel. error bf16 0.015/0.014, fp16 0.0019/0.0017 (sd1/sd2);
     # tiny-pipeline pixels in bf16 max 5-7, mean 0.53-0.74 over four samplers (fp16 pipelines do not run on a CPU).
@@ -36,15 +36,15 @@ class Target:
 
 
 def pytest_generate_tests(metafunc):
-    """Tests that take `target` run once per `--dtype` in the list, on `--device`."""
-    if "target" in metafunc.fixturenames:
+    """Tests that take `parity_target` run once per `--dtype` in the list, on `--device`."""
+    if "parity_target" in metafunc.fixturenames:
         device, dtypes = metafunc.config.getoption("--device"), metafunc.config.getoption("--dtype").split(",")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise pytest.UsageError("--device cuda on a machine without CUDA")
         unknown = [d for d in dtypes if d not in Target.REL]
         if unknown:
             raise pytest.UsageError(f"--dtype {unknown[0]}: not one of fp32, fp16, bf16")
-        metafunc.parametrize("target", [Target(device, d) for d in dtypes], ids=repr, scope="session")
+        metafunc.parametrize("parity_target", [Target(device, d) for d in dtypes], ids=repr, scope="session")
 
 
 def tiny_unet_config(kind: str = "sd1", in_channels: int = 4):

@@ -31,15 +31,15 @@ def pipe(tiny_folder):
 
 
 @pytest.fixture(scope="module")
-def target_pipe(tiny_folder, target, pipe):
+def target_pipe(tiny_folder, parity_target, pipe):
     """Ours on `--device`/`--dtype` (the fp32 CPU `pipe` by default)."""
-    if (target.device.type, target.dtype_name) == ("cpu", "fp32"):
+    if (parity_target.device.type, parity_target.dtype_name) == ("cpu", "fp32"):
         return pipe
-    return LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype=target.dtype_name, device=target.device)
+    return LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype=parity_target.dtype_name, device=parity_target.device)
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler_a", "ddim", "pndm"])
-def test_matches_diffusers_sd1(target_pipe, target, tiny_folder, tiny_sd1, sampler):
+def test_matches_diffusers_sd1(target_pipe, parity_target, tiny_folder, tiny_sd1, sampler):
     """diffusers in fp32 on the CPU is the answer: ≤ 2/255 in fp32; within the target's budget in fp16/bf16."""
     want = reference(tiny_folder, tiny_sd1, sampler, prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=5,
                      guidance_scale=6.0, height=64, width=64, seed=7)[0]
@@ -47,7 +47,7 @@ def test_matches_diffusers_sd1(target_pipe, target, tiny_folder, tiny_sd1, sampl
                       progress=False).images[0]
     assert got.size == (64, 64)
     diff = np.abs(pixels(want) - pixels(got))
-    assert diff.max() <= target.pixels[0] and diff.mean() <= target.pixels[1]
+    assert diff.max() <= parity_target.pixels[0] and diff.mean() <= parity_target.pixels[1]
     assert pixels(got).std() > 5  # a real picture, not a flat field
 
 

@@ -35,17 +35,18 @@ def pair(diffusers_kwargs: dict, seed: int = 0) -> tuple[UNet2DConditionModel, U
 
 
 @pytest.mark.parametrize("layout", ["sd1", "sd2"])
-def test_small_layout_parity(layout, target):
+def test_small_layout_parity(layout, parity_target):
     """diffusers in fp32 on the CPU is the answer; ours runs on `--device`/`--dtype` (fp32 CPU by default: ≤ 1e-5)."""
     ref, ours = pair(SMALL[layout])
     ctx = SMALL[layout]["cross_attention_dim"]
     x, t, c = torch.randn(2, 4, 16, 16), torch.tensor([3, 700]), torch.randn(2, 77, ctx)
-    ours = ours.to(target.device, target.dtype)
+    dev, dt = parity_target.device, parity_target.dtype
+    ours = ours.to(dev, dt)
     with torch.no_grad():
         want = ref(x, t, c).sample
-        got = ours(x.to(target.device, target.dtype), t.to(target.device), c.to(target.device, target.dtype)).float().cpu()
+        got = ours(x.to(dev, dt), t.to(dev), c.to(dev, dt)).float().cpu()
     assert got.shape == (2, 4, 16, 16)
-    assert rel_err(want, got) <= target.rel
+    assert rel_err(want, got) <= parity_target.rel
 
 
 def test_odd_latent_size_and_scalar_timestep():
