@@ -96,6 +96,10 @@ class Guard:
         return None
 
 
+class ClientGone(Exception):
+    """The client hung up while its job waited or ran."""
+
+
 class BodyTooLarge(Exception):
     """The streamed body passed Limits.max_body."""
 
@@ -123,6 +127,10 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
         where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
         return error(422, f"{where}: {e.get('msg', 'invalid request')}")
 
+    @app.exception_handler(ClientGone)
+    async def gone(_req, _exc):
+        return error(499, "client closed the connection")  # nobody reads it; keeps tracebacks out of the log
+
     @app.exception_handler(LatentDiffError)
     async def user_error(_req, exc: LatentDiffError):
         return error(422, str(exc).splitlines()[0] if str(exc) else "invalid request")
@@ -137,8 +145,7 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
                 return fut.result()
             if await request.is_disconnected():
                 worker.cancel(task)
-                fut.cancel()
-                raise asyncio.CancelledError
+                raise ClientGone()
 
     async def generate(request: Request, req: Txt2ImgRequest, name: str) -> dict:
         job = to_job(req, limits)

@@ -126,6 +126,7 @@ class Worker:
         self.queue: queue.Queue[Task | None] = queue.Queue()
         self.progress = Progress()
         self.pending = 0
+        self.cancelled = 0     # jobs whose client went away (dropped from the queue or stopped mid-sampling)
         self._lock = threading.Lock()
         self._ids = 0
         self.thread = threading.Thread(target=self._run, name="latentdiff-worker", daemon=True)
@@ -144,6 +145,7 @@ class Worker:
     def cancel(self, task: Task) -> None:
         """Drop a queued task, or stop a running one at its next sampler step (its client went away)."""
         task.cancelled = True
+        self.cancelled += 1
         if self.progress.job_id == task.job_id:
             self.progress.interrupted = True
 
