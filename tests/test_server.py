@@ -228,11 +228,20 @@ def test_basic_auth(folders):
         srv.stop()
 
 
-def test_listings(api):
+def test_listings_and_refresh(api, folders, tiny_folder):
     assert {"Euler a", "DPM++ 2M", "DDIM"} <= {s["name"] for s in api.get_samplers()}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
-    assert api.refresh_checkpoints().status_code == 200 if hasattr(api.refresh_checkpoints(), "status_code") else True
+    models, _ = folders
+    (models / "tiny-copy").symlink_to(tiny_folder)
+    try:
+        assert api.util_get_model_names() == ["tiny-sd1", "tiny-sd2"]  # not seen before a refresh
+        api.refresh_checkpoints()
+        assert api.util_get_model_names() == ["tiny-copy", "tiny-sd1", "tiny-sd2"]
+    finally:
+        (models / "tiny-copy").unlink()
+        api.refresh_checkpoints()
+    assert api.util_get_model_names() == ["tiny-sd1", "tiny-sd2"]
 
 
 def test_page_and_static_files_are_served(server):
