@@ -199,6 +199,10 @@ def test_bad_img2img_inputs_and_body_limit(server):
     assert resp.status_code == 422 and resp.json()["detail"] == "init_images[0] is not a base64-encoded image"
     resp = requests.post(u, json={"prompt": "x"})
     assert resp.status_code == 422 and "img2img needs init_images" in resp.json()["detail"]
+    buf = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buf, format="PNG")  # 9 Mpx in a small file
+    resp = requests.post(u, json={"prompt": "x", "init_images": [base64.b64encode(buf.getvalue()).decode()]})
+    assert resp.status_code == 422 and resp.json()["detail"] == "init_images[0] is 3000x3000, over the limit of 4194304 pixels"
     resp = requests.post(u, data=b"{" + b" " * (3 * 2**20) + b"}", headers={"Content-Type": "application/json"})
     assert resp.status_code == 413 and "over the limit of 2097152" in resp.json()["detail"]
 

@@ -110,6 +110,8 @@ def decode_image(text: str, what: str, limits: Limits) -> Image.Image:
         im = Image.open(io.BytesIO(raw))
     except (binascii.Error, ValueError, OSError):
         raise LatentDiffError(f"{what} is not a base64-encoded image") from None
+    except Image.DecompressionBombError:
+        raise LatentDiffError(f"{what} has too many pixels (over the limit of {limits.max_input_pixels})") from None
     if im.width * im.height > limits.max_input_pixels:
         raise LatentDiffError(f"{what} is {im.width}x{im.height}, over the limit of {limits.max_input_pixels} pixels")
     try:

@@ -9,7 +9,6 @@ import io
 import json
 import secrets
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -130,6 +129,10 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
     @app.exception_handler(ClientGone)
     async def gone(_req, _exc):
         return error(499, "client closed the connection")  # nobody reads it; keeps tracebacks out of the log
+
+    @app.exception_handler(Exception)
+    async def failure(_req, exc: Exception):
+        return error(500, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'internal error'}")
 
     @app.exception_handler(LatentDiffError)
     async def user_error(_req, exc: LatentDiffError):
