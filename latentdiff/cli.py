@@ -20,6 +20,7 @@ EXTRA_COMMANDS = [
     ("latentdiff.profile_cli", "add_profile_parser"),
     ("latentdiff.bench_cli", "add_bench_parser"),
     ("latentdiff.training.lora_cli", "add_train_lora_parser"),
+    ("latentdiff.server.serve_cli", "add_serve_parser"),
 ]
 
 

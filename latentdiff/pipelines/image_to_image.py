@@ -61,7 +61,7 @@ def check_plain_unet(pipe) -> None:
 def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negative_prompt: str | list[str] = "", *,
             strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
-            guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True):
+            guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
 
     Args:
@@ -95,7 +95,7 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, pipe.dtype)  # first draw of each generator
     noise = draw_noise(gens, init_latents.shape).to(pipe.device, pipe.dtype)       # second draw
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(gens)))
-    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress)
+    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
 
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip,

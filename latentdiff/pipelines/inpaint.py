@@ -48,7 +48,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-            progress: bool = True):
+            progress: bool = True, callback=None):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
@@ -124,7 +124,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
                 known = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
             return (1 - latent_mask) * known + latent_mask * x
 
-    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, on_step=on_step)
+    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, on_step=on_step, callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
     if overlay_original:
         alpha = feather(m.tensor, mask_blur)

@@ -156,8 +156,11 @@ class LatentDiffusionPipeline:
         return noise.to(self.device, self.dtype), gens
 
     def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,
-                progress: bool = True, on_step: Callable | None = None) -> torch.Tensor:
-        """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step."""
+                progress: bool = True, on_step: Callable | None = None, callback: Callable | None = None) -> torch.Tensor:
+        """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step.
+
+        `callback(step, total, latents)` runs after each step (step counts from 1); returning True stops early.
+        """
         extra = {}
         step_params = inspect.signature(scheduler.step).parameters
         if "eta" in step_params:
@@ -170,6 +173,8 @@ class LatentDiffusionPipeline:
             latents = scheduler.step(pred, t, latents, return_dict=False, **extra)[0]
             if on_step is not None:
                 latents = on_step(i, t, latents)
+            if callback is not None and callback(i + 1, len(timesteps), latents):
+                break
         return latents
 
     @torch.no_grad()
@@ -201,7 +206,7 @@ class LatentDiffusionPipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-                 progress: bool = True) -> PipelineOutput:
+                 progress: bool = True, callback: Callable | None = None) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
         Args:
@@ -216,6 +221,8 @@ class LatentDiffusionPipeline:
             num_images: images per prompt.
             guidance_rescale: φ of Lin et al. 2023 (0.7 suggested for v-prediction models).
             clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
+            callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
+                there and decodes the latents reached (the server's progress preview and interrupt).
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
@@ -235,7 +242,7 @@ class LatentDiffusionPipeline:
         model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
-        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress)
+        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
         images = self.to_pil(self.decode(latents))
         params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
         return PipelineOutput(images, params)
