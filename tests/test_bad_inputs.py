@@ -66,7 +66,7 @@ CASES = {
     "unet_config_key": (["generate", "a cat", "--model", "{NOKEY}", "--out", "out/x.png"], "lacks the required key 'down_block_types'"),
     "no_prompt": (["generate", "--model", "{M}"], "give a prompt"),
     "replay_missing": (["generate", "--replay", "gone.png"], "no such image: gone.png"),
-    "replay_not_ours": (["generate", "--replay", "{PNG}", "--out", "out/x.png"], "carries no latentdiff parameters"),
+    "replay_not_ours": (["generate", "--replay", "{PNG}", "--out", "out/x.png"], "carries no generation parameters"),
     # info
     "info_missing": (["info", "nope"], "no such model path"),
     "info_config_key": (["info", "{NOKEY}"], "lacks the required key 'down_block_types'"),
