@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 import make_table  # noqa: E402
 
-from latentdiff.bench_cli import add_bench_arguments  # noqa: E402
+from latentdiff.cli.bench import add_bench_arguments  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
             result = probe_tiling(**args)
         Path(out).write_text(json.dumps(result))
         return 0
-    from latentdiff.bench_cli import add_bench_arguments
+    from latentdiff.cli.bench import add_bench_arguments
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_arguments(p)

@@ -214,7 +214,7 @@ def test_bad_input_in_a_real_process(argv, message, tmp_path):
 
 def test_a_failed_run_removes_only_the_cache_folders_it_made(tmp_path):
     """Caches and logs of a run that failed go; a folder holding weights, or one that was there before, stays."""
-    from latentdiff.training.lora_cli import removed_on_failure
+    from latentdiff.cli.common import removed_on_failure
 
     made, weights, old = tmp_path / "runs" / "a", tmp_path / "b", tmp_path / "old"
     old.mkdir()

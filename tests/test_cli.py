@@ -224,7 +224,7 @@ def test_two_runs_in_one_folder_keep_both_images(tmp_path, monkeypatch, tiny_fol
     """Both runs pick their names before drawing; the name is reserved only when the file is published."""
     import threading
 
-    from latentdiff.cli import output_paths, save_outputs
+    from latentdiff.cli.common import output_paths, save_outputs
     from latentdiff.pipelines.params import GenerationParams, save_png_numbered
     from latentdiff.pipelines.text_to_image import PipelineOutput
 
@@ -304,7 +304,7 @@ def test_non_finite_numbers_are_refused_by_the_python_api(tiny_folder, tmp_path)
 def test_lora_flag_parsing(text, expected):
     import argparse
 
-    from latentdiff.cli import _lora_arg
+    from latentdiff.cli.common import _lora_arg
 
     if isinstance(expected, tuple):
         assert _lora_arg(text) == expected
@@ -314,7 +314,7 @@ def test_lora_flag_parsing(text, expected):
 
 
 def test_lora_flag_keeps_an_existing_file_whose_name_has_a_colon(tmp_path, monkeypatch):
-    from latentdiff.cli import _lora_arg
+    from latentdiff.cli.common import _lora_arg
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "style:v2").write_bytes(b"")
@@ -322,7 +322,7 @@ def test_lora_flag_keeps_an_existing_file_whose_name_has_a_colon(tmp_path, monke
 
 
 def test_bench_table_writes_where_asked_not_into_the_source_tree(capsys, tmp_path, monkeypatch):
-    from latentdiff.bench_cli import BENCH_DIR
+    from latentdiff.cli.bench import BENCH_DIR
 
     tree = BENCH_DIR / "BENCHMARKS.md"
     before = (tree.read_bytes(), tree.stat().st_mtime_ns)

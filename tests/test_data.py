@@ -19,7 +19,7 @@ from latentdiff.training import emoji
 from latentdiff.training.data import (EMOJI_TEMPLATES, BucketBatchSampler, CaptionSampler, ImageCaptionDataset,
                                       Record, assign_bucket, make_buckets, scan_folder)
 from latentdiff.training.emoji import build_emoji_dataset, is_held_out, normalize_codepoints
-from latentdiff.training.emoji_cli import add_data_parser, run_data
+from latentdiff.cli.data import add_data_parser, run_data
 
 SIDE = 16
 ENTRIES = [  # a slice of emojibase-data en/data.json, same field layout

@@ -166,7 +166,7 @@ def bench():
 def test_cli_defaults_are_the_harness_defaults(bench):
     import argparse
 
-    from latentdiff.bench_cli import add_bench_arguments
+    from latentdiff.cli.bench import add_bench_arguments
 
     harness, _ = bench
     p = argparse.ArgumentParser()

@@ -295,3 +295,13 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
         if c.generation:
             (tmp / GENERATION_CONFIG).write_text(json.dumps(c.generation, indent=2))
     return path
+
+
+def resolve_model(path: str | None) -> str:
+    """The user's model path, or the embedded default model (a diffusers folder in latentdiff/assets)."""
+    if path and path != "default":
+        return path
+    default = ASSETS / "default"
+    if not (default / "model_index.json").is_file():
+        raise LatentDiffError("no --model given and the embedded default model is not built into this install yet; pass --model PATH")
+    return str(default)

@@ -94,7 +94,7 @@ def main_eval(args) -> int:
     """Run `latentdiff eval` from parsed arguments; print a table, optionally write JSON."""
     from dataclasses import asdict
 
-    from ..cli import resolve_model
+    from ..checkpoints.loader import resolve_model
     from ..pipelines.text_to_image import LatentDiffusionPipeline
     from ..training.checkpointing import write_json
 

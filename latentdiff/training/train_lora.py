@@ -1,6 +1,6 @@
 """LoRA fine-tuning of a latent diffusion model: frozen base in half precision, trainable low-rank adapters in fp32.
 
-`latentdiff train-lora CONFIG.yaml [--flag value ...]` (see lora_cli.py) or `train_lora(LoraTrainConfig(...))`.
+`latentdiff train-lora CONFIG.yaml [--flag value ...]` (see cli/train_lora.py) or `train_lora(LoraTrainConfig(...))`.
 
 * Data: a folder of images with kohya `.txt` captions or `metadata.jsonl` (data.ImageCaptionDataset), aspect
   buckets, optional instance token and regularisation (prior-preservation) images, caption dropout.
@@ -102,7 +102,7 @@ class LoraTrainer:
 
     # -- setup -------------------------------------------------------------------------------------------------------
     def _load_model(self, components) -> None:
-        from ..cli import resolve_model
+        from ..checkpoints.loader import resolve_model
         from ..lora.io import weights_hash
         from ..pipelines.text_to_image import LatentDiffusionPipeline
 

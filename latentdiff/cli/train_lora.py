@@ -1,18 +1,16 @@
-"""The `latentdiff train-lora [CONFIG.yaml] [--flag value ...]` subcommand, wired in by latentdiff.cli."""
+"""The `latentdiff train-lora [CONFIG.yaml] [--flag value ...]` subcommand."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
-from pathlib import Path
+
+from .common import removed_on_failure
 
 
 def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train-lora`: a YAML recipe (configs/lora-*.yaml) and one flag per LoraTrainConfig field, flags winning."""
-    from .lora_config import LoraTrainConfig
+    from ..training.lora_config import LoraTrainConfig
 
     p = subparsers.add_parser(
         "train-lora", help="fine-tune a LoRA on a folder of captioned images",
@@ -35,39 +33,10 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train_lora)
 
 
-def _disposable(path: Path, folder: Path) -> bool:
-    """Files a failed run may leave that are worth nothing alone: caches, logs, the config echo, temp files, TensorBoard."""
-    parts = path.relative_to(folder).parts
-    return ("cache" in parts or "tb" in parts or path.suffix == ".tmp" or path.name.startswith("pixels-")
-            or path.name in ("latents.pt", "loss.csv", "log.csv", "train_config.json"))
-
-
-def _first_missing(path: Path) -> Path:
-    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) would create first)."""
-    path = path.absolute()
-    while not path.parent.exists():
-        path = path.parent
-    return path
-
-
-@contextmanager
-def removed_on_failure(*folders: str) -> Iterator[None]:
-    """If the block fails, delete those of `folders` it created when they hold only caches and logs (never a checkpoint,
-    weights or a validation image)."""
-    fresh = [_first_missing(Path(f)) for f in folders if f and not Path(f).exists()]
-    try:
-        yield
-    except BaseException:
-        for folder in fresh:
-            if folder.is_dir() and all(_disposable(p, folder) for p in folder.rglob("*") if not p.is_dir()):
-                shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
 def run_train_lora(args: argparse.Namespace) -> int:
     """Load the recipe with overrides, train, print the files written and the fixed-noise loss before/after."""
-    from .lora_config import load_config
-    from .train_lora import train_lora
+    from ..training.lora_config import load_config
+    from ..training.train_lora import train_lora
 
     overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     cfg = load_config(args.config, overrides)

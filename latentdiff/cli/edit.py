@@ -1,4 +1,4 @@
-"""The `img2img` and `inpaint` subcommands: parsers and runners, wired in by latentdiff.cli's EXTRA_COMMANDS."""
+"""The `img2img` and `inpaint` subcommands: parsers and runners."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `img2img` and `inpaint` to the main parser's subparsers."""
-    from ..cli import add_model_args, add_sampling_args
+    from .common import add_model_args, add_sampling_args
 
     i = subparsers.add_parser("img2img", help="redraw an image under a prompt",
                               description="Encode IMAGE with the VAE, noise it to --strength, denoise it under PROMPT.")
@@ -46,7 +46,7 @@ def _apply_replay(args, mode: str) -> dict[str, str]:
     import sys
 
     from ..errors import LatentDiffError
-    from .replay import apply_replay
+    from ..pipelines.replay import apply_replay
 
     if args.replay is None:
         if args.prompt is None:
@@ -70,7 +70,7 @@ def _check_inputs(replay: str | None, expected: dict[str, str], actual: dict[str
 
 def _sampling(args) -> SimpleNamespace:
     """The sampling settings with their defaults, checked before any model loads."""
-    from ..cli import check_request, check_runtime
+    from .common import check_request, check_runtime
 
     s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
                         width=args.width, height=args.height, seed=args.seed, guidance_rescale=args.guidance_rescale,
@@ -81,8 +81,9 @@ def _sampling(args) -> SimpleNamespace:
 
 
 def _load_pipeline(args):
-    from ..cli import report_fast, resolve_model
-    from .text_to_image import LatentDiffusionPipeline
+    from ..checkpoints.loader import resolve_model
+    from .common import report_fast
+    from ..pipelines.text_to_image import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
@@ -96,15 +97,15 @@ def _load_pipeline(args):
 
 
 def _save(out, paths) -> int:
-    from ..cli import save_outputs
+    from .common import save_outputs
 
     return save_outputs(out, paths)
 
 
 def cmd_img2img(args) -> int:
-    from ..cli import output_paths
-    from .image_to_image import check_strength
-    from .images import load_image
+    from .common import output_paths
+    from ..pipelines.image_to_image import check_strength
+    from ..pipelines.images import load_image
 
     expected = _apply_replay(args, "img2img")
     s = _sampling(args)
@@ -120,11 +121,11 @@ def cmd_img2img(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from ..cli import output_paths
+    from .common import output_paths
     from ..errors import LatentDiffError
-    from .image_to_image import check_strength
-    from .images import load_image, load_mask
-    from .inpaint import check_mask_blur
+    from ..pipelines.image_to_image import check_strength
+    from ..pipelines.images import load_image, load_mask
+    from ..pipelines.inpaint import check_mask_blur
 
     expected = _apply_replay(args, "inpaint")
     s = _sampling(args)

@@ -1,4 +1,4 @@
-"""The `latentdiff data emoji OUT_DIR` subcommand: parser and runner, wired in by latentdiff.cli."""
+"""The `latentdiff data emoji OUT_DIR` subcommand: parser and runner."""
 
 from __future__ import annotations
 

@@ -71,8 +71,8 @@ def cmd_serve(args) -> int:
         import uvicorn
     except ImportError:
         raise LatentDiffError("serve needs fastapi and uvicorn: pip install fastapi uvicorn") from None
-    from .app import create_app, loopback_hosts
-    from .worker import Catalog
+    from ..server.app import create_app, loopback_hosts
+    from ..server.worker import Catalog
 
     model, default_path = check_serve_args(args)
     catalog = Catalog(model, args.models_dir, args.lora_dir, default_path)

@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import LatentDiffError
+from ..errors import LatentDiffError
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"  # the source tree's benchmarks/ folder
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"  # the source tree's benchmarks/ folder
 WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
 
 
@@ -79,7 +79,7 @@ def cmd_bench(args) -> int:
     if args.steps <= 0 or args.size <= 0 or args.size % 8 or args.latent <= 0:
         raise LatentDiffError("--steps and --latent must be positive and --size a positive multiple of 8")
     if args.model:
-        from .cli import resolve_model
+        from ..checkpoints.loader import resolve_model
 
         args.model = resolve_model(args.model)
     harness = load_bench_module("harness")

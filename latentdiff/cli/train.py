@@ -1,4 +1,4 @@
-"""The `latentdiff train CONFIG.yaml` and `latentdiff eval` subcommands: parsers and runners, wired in by latentdiff.cli."""
+"""The `latentdiff train CONFIG.yaml` and `latentdiff eval` subcommands: parsers and runners."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from latentdiff.training.lora_cli import removed_on_failure
+    from .common import removed_on_failure
     from latentdiff.training.train import load_config, run
 
     cfg = load_config(args.config)  # every value checked before anything is cached or trained

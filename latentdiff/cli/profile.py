@@ -26,8 +26,8 @@ def add_profile_parser(sub) -> None:
 def cmd_profile(args) -> int:
     import torch
 
-    from .errors import LatentDiffError
-    from .profiling import ProfileSettings, latency_chart, load_arch_config, profile_many, to_markdown, write_json, write_text_atomic
+    from ..errors import LatentDiffError
+    from ..profiling import ProfileSettings, latency_chart, load_arch_config, profile_many, to_markdown, write_json, write_text_atomic
 
     settings = ProfileSettings(batch=args.batch, size=args.size, tokens=args.tokens, warmup=args.warmup, repeats=args.repeats,
                                device=args.device, dtype=args.dtype, latency=not args.flops_only)

@@ -1,0 +1,181 @@
+"""What every command shares: model and sampling flags, output paths and files, checks made before a model loads,
+and the clean-up of a failed training run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import LatentDiffError
+
+LORA_SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt")
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` → (path, weight). A colon belongs to the path when what follows it looks like a path
+    (a Windows drive letter `C:\\x`, a folder `a:b/x`, a LoRA file name) or when the whole text names an existing file."""
+    path, sep, weight = text.rpartition(":")
+    if not sep or not path or os.path.isfile(text):
+        return text, 1.0
+    if len(path) == 1 and weight[:1] in ("\\", "/"):  # C:\x.safetensors, C:/x.safetensors
+        return text, 1.0
+    if "/" in weight or "\\" in weight or weight.lower().endswith(LORA_SUFFIXES):
+        return text, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"LoRA weight {weight!r} is not a number (give PATH or PATH:WEIGHT, e.g. x.safetensors:0.8)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"LoRA weight {weight!r} is not a finite number")
+    return path, value
+
+
+def check_flag_numbers(args: argparse.Namespace) -> None:
+    """Every float flag must be finite: NaN/inf guidance, strength or blur would draw black pictures and break the PNG's JSON."""
+    for dest, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LatentDiffError(f"--{dest.removeprefix('set_').replace('_', '-')} must be a finite number, got {value}")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that loads a model and runs it."""
+    p.add_argument("--model", help="diffusers folder or .safetensors/.ckpt file (default: the embedded model)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickles (loaded with weights_only=True)")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="override the model's prediction type")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto: fp16 on CUDA, bf16 on bf16-native CPUs, else fp32)")
+    p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
+    p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's generation_config.json, else 25)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's generation_config.json, else 7.5)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ (0.7 for v-prediction)")
+    p.add_argument("--clip-skip", type=int, default=0, help="use the n-th last CLIP layer")
+    p.add_argument("--sampler", default=None, help="dpmpp_2m (default, unless the model's generation_config.json says otherwise), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the PNG)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--num", type=int, default=1, help="images per prompt")
+    p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:WEIGHT]", help="LoRA file, repeatable")
+    p.add_argument("--out", help="output PNG (default: the next numbered file in the current folder)")
+
+
+def output_paths(out: str | None, count: int) -> list[Path | None]:
+    """Where the PNGs go, checked before any model is loaded; None: the next free number in the current folder,
+    reserved only when the finished file is published (params.save_png_numbered), so concurrent runs never collide."""
+    if out is None:
+        paths: list[Path | None] = [None] * count
+        folder = Path(".")
+    else:
+        base = Path(out)
+        if base.is_dir():
+            raise LatentDiffError(f"--out {out} is a folder; give a file name ending in .png")
+        if base.suffix.lower() != ".png":
+            raise LatentDiffError(f"output file must end in .png: {out}")
+        paths = [base] if count == 1 else [base.with_name(f"{base.stem}-{i}{base.suffix}") for i in range(count)]
+        for path in paths:
+            if path.is_dir():
+                raise LatentDiffError(f"{path} is a folder; give another --out")
+        folder = base.parent
+    if not folder.is_dir():
+        raise LatentDiffError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise LatentDiffError(f"output folder is not writable: {folder}")
+    return paths
+
+
+def save_outputs(out, paths: list[Path | None]) -> int:
+    """Write each image with its parameters (numbered names reserved atomically) and print one line per file."""
+    from ..pipelines.params import save_png, save_png_numbered
+
+    for image, params, path in zip(out.images, out.params, paths):
+        written = save_png_numbered(image, params, ".") if path is None else save_png(image, params, path)
+        print(f"{written}  seed {params.seed}")
+    return 0
+
+
+def check_request(p, num: int) -> None:
+    """Fail on bad sampling settings before any model is loaded (`p`: steps, sampler, guidance, width, height and,
+    where given, seed, guidance_rescale, clip_skip)."""
+    from ..pipelines.request import check_guidance, check_seed, generation_bytes
+    from ..pipelines.samplers import check_sampler
+    from ..pipelines.text_to_image import check_size
+    from ..runtime import check_fits
+
+    if num <= 0:
+        raise LatentDiffError(f"--num must be positive, got {num}")
+    if p.width is not None or p.height is not None:
+        check_size(p.width or 8, p.height or 8)
+        w, h = p.width or p.height, p.height or p.width
+        check_fits(generation_bytes(w, h, num), f"{w}x{h}" + (f" × {num} images" if num > 1 else ""))
+    if p.steps is not None and p.steps <= 0:  # None: the model's default, checked when it loads
+        raise LatentDiffError(f"steps must be a positive integer, got {p.steps}")
+    if p.sampler is not None:
+        check_sampler(p.sampler)
+    if getattr(p, "seed", None) is not None:
+        check_seed(p.seed, num)
+    guidance = getattr(p, "guidance", getattr(p, "guidance_scale", None))  # a namespace of flags or GenerationParams
+    check_guidance(1.0 if guidance is None else guidance, getattr(p, "guidance_rescale", 0.0) or 0.0)
+    if (getattr(p, "clip_skip", 0) or 0) < 0:
+        raise LatentDiffError(f"--clip-skip must be ≥ 0, got {p.clip_skip}")
+
+
+def check_runtime(args) -> None:
+    """--device, --dtype and --attention known here, before any model loads."""
+    from ..models.attention import BACKENDS
+    from ..runtime import parse_device, parse_dtype
+
+    parse_dtype(args.dtype, parse_device(args.device))
+    if args.attention not in BACKENDS:
+        raise LatentDiffError(f"unknown attention {args.attention!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def report_fast(pipe, args) -> None:
+    """One line on stderr saying what --fast/--compile turned on here (BENCHMARKS.md lists what is proven faster)."""
+    if not (args.fast or args.compile):
+        return
+    from ..fast import levers_for
+
+    proven = levers_for(pipe.device)
+    note = "" if proven or not args.fast else f"; no speed lever is proven faster on {pipe.device.type} yet"
+    print(f"fast: {', '.join(pipe.fast_levers) or 'nothing'} on {pipe.device.type}{note}", file=sys.stderr)
+
+
+def _disposable(path: Path, folder: Path) -> bool:
+    """Files a failed run may leave that are worth nothing alone: caches, logs, the config echo, temp files, TensorBoard."""
+    parts = path.relative_to(folder).parts
+    return ("cache" in parts or "tb" in parts or path.suffix == ".tmp" or path.name.startswith("pixels-")
+            or path.name in ("latents.pt", "loss.csv", "log.csv", "train_config.json"))
+
+
+def _first_missing(path: Path) -> Path:
+    """The outermost folder of `path` that does not exist yet (what mkdir(parents=True) would create first)."""
+    path = path.absolute()
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+@contextmanager
+def removed_on_failure(*folders: str) -> Iterator[None]:
+    """If the block fails, delete those of `folders` it created when they hold only caches and logs (never a checkpoint,
+    weights or a validation image)."""
+    fresh = [_first_missing(Path(f)) for f in folders if f and not Path(f).exists()]
+    try:
+        yield
+    except BaseException:
+        for folder in fresh:
+            if folder.is_dir() and all(_disposable(p, folder) for p in folder.rglob("*") if not p.is_dir()):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,0 +1,66 @@
+"""Imports point one way (DESIGN.md): models → checkpoints/lora → pipelines → server/cli, training and evaluation beside
+pipelines; nothing imports cli. Read from the source with ast, so a lazy import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "latentdiff"
+
+# package → the packages it must not import
+FORBIDDEN = {
+    "models": {"checkpoints", "lora", "pipelines", "training", "evaluation", "server", "cli"},
+    "checkpoints": {"pipelines", "training", "evaluation", "server", "cli"},
+    "lora": {"pipelines", "training", "evaluation", "server", "cli"},
+    "pipelines": {"training", "evaluation", "server", "cli"},
+    "training": {"server", "cli"},
+    "evaluation": {"server", "cli"},
+    "server": {"cli"},
+}
+
+# Back-pointing imports that exist today, each to be removed by the structure issue (14); the test fails when one is
+# added and when one of these is mended but left listed, so the list only shrinks.
+KNOWN = {
+    ("checkpoints/loader.py", "pipelines"),  # generation_config.json's sampler checked by pipelines.samplers
+    ("lora/io.py", "training"),
+    ("pipelines/images.py", "training"),
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The latentdiff subpackages a module imports (absolute or relative, top-level or inside functions)."""
+    rel = path.relative_to(PACKAGE).with_suffix("").parts  # ("pipelines", "images")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = list(rel[:-1])[: len(rel) - node.level] if node.level > 1 else list(rel[:-1])
+                names = [".".join(["latentdiff", *base, *(node.module.split(".") if node.module else [])])]
+                if not node.module:
+                    names = [".".join(["latentdiff", *base, a.name]) for a in node.names]
+            elif node.module:
+                names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "latentdiff" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def test_imports_point_one_way():
+    found = set()
+    for pkg, forbidden in FORBIDDEN.items():
+        for path in sorted((PACKAGE / pkg).rglob("*.py")):
+            for bad in imported_packages(path) & forbidden:
+                found.add((path.relative_to(PACKAGE).as_posix(), bad))
+    assert found - KNOWN == set(), f"imports pointing up a layer: {sorted(found - KNOWN)}"
+    assert KNOWN - found == set(), f"mended, now remove from KNOWN: {sorted(KNOWN - found)}"
+
+
+def test_the_checker_sees_relative_and_lazy_imports():
+    assert "training" in imported_packages(PACKAGE / "pipelines" / "images.py")      # a lazy relative import
+    assert "checkpoints" in imported_packages(PACKAGE / "cli" / "generate.py")         # a top-level relative import
