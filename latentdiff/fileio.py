@@ -1,4 +1,5 @@
-"""Atomic writes: a temp file (or folder) beside the target, published with the normal mode, then renamed over it."""
+"""Atomic writes: a temp file (or folder) beside the target, published with the normal mode, then renamed over it.
+Imports nothing of ours (the low layer); torch and safetensors only inside save_safetensors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def publish(path: str | os.PathLike) -> None:
@@ -57,3 +62,11 @@ def atomic_folder(path: str | os.PathLike, *, prefix: str = "") -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors atomically (contiguous, detached copies)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -297,7 +297,7 @@ def to_markdown(rows: list[ProfileRow]) -> str:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file via a temp file and os.replace: never half-written."""
-    from .training.checkpointing import atomic_write
+    from .fileio import atomic_write
 
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -399,7 +399,7 @@ def draw_chart(series: list[dict], path: str | os.PathLike, *, title: str, xlabe
             ly = top + 12 + 18 * i  # legend, top right: a swatch and the label
             d.line([(w - right - 190, ly), (w - right - 165, ly)], fill=color, width=3)
             d.text((w - right - 158, ly), s["label"], fill=color, font=small, anchor="lm")
-    from .training.checkpointing import atomic_write
+    from .fileio import atomic_write
 
     return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 

@@ -207,7 +207,7 @@ def write_samples(grids: dict[str, torch.Tensor], reference: torch.Tensor, out: 
     """samples.png: the held-out reference images, then one row of DDIM samples per variant, 4× nearest-upscaled."""
     from PIL import Image, ImageDraw
 
-    from latentdiff.training.checkpointing import atomic_write
+    from latentdiff.fileio import atomic_write
 
     scale, rows = 4, [("reference", reference)] + list(grids.items())
     n, s = reference.shape[0], reference.shape[-1] * scale

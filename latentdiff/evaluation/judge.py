@@ -56,7 +56,7 @@ class Judge(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Weights as safetensors with the config and class names in its metadata, atomically."""
-        from ..training.checkpointing import save_safetensors
+        from ..fileio import save_safetensors
 
         meta = {"config": json.dumps(asdict(self.config)), "subgroups": json.dumps(self.subgroups), "groups": json.dumps(self.groups)}
         return save_safetensors(self.state_dict(), path, metadata=meta)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
-from ..training.checkpointing import save_safetensors
+from ..fileio import save_safetensors
 from .formats import DIFFUSERS_METADATA_KEY, KOHYA_PREFIX, LoraState, detect_format, read_state, to_kohya, to_peft
 
 PEFT_FILE_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for in a folder

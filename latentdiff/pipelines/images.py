@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
-from ..training.data import flatten_alpha
+from ..imaging import flatten_alpha
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..errors import LatentDiffError
-from .checkpointing import save_safetensors
+from ..fileio import save_safetensors
 
 
 def module_fingerprint(module: torch.nn.Module, extra: object = None) -> str:

@@ -8,16 +8,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from ..fileio import atomic_write  # noqa: F401  (re-exported: trainers import it from here)
 from ..errors import LatentDiffError
-
-
-def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write tensors as safetensors atomically (contiguous, detached copies)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+from ..fileio import atomic_write
 
 
 def save_training_state(path: str | os.PathLike, state: dict) -> Path:

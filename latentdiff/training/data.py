@@ -40,12 +40,12 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
+from latentdiff.imaging import WHITE, flatten_alpha
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SPLITS = ("train", "holdout")
-WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,6 @@ class ScanReport:
         setattr(self, kind, getattr(self, kind) + 1)
         if len(self.examples) < 5:
             self.examples.append(f"{path.name}: {kind}")
-
-
-def flatten_alpha(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """RGB image with any transparency composited over a solid background colour."""
-    if "A" not in image.getbands() and "transparency" not in image.info:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert("RGB")
 
 
 def _parse_tags(value: object) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
 from latentdiff.fileio import atomic_folder
-from latentdiff.training.data import WHITE, flatten_alpha
+from latentdiff.imaging import WHITE, flatten_alpha
 
 IMAGES_PACKAGE = ("@lobehub/fluent-emoji-3d", "1.1.0", "lobehub-fluent-emoji-3d")
 LABELS_PACKAGE = ("emojibase-data", "17.0.0", "emojibase-data")

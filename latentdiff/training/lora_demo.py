@@ -19,7 +19,8 @@ from pathlib import Path
 from PIL import Image, ImageFilter, ImageOps
 
 from ..errors import LatentDiffError
-from .data import flatten_alpha, scan_folder
+from ..imaging import flatten_alpha
+from .data import scan_folder
 
 STYLE_SUFFIX = ", sketch style"
 

@@ -32,10 +32,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import LatentDiffError
+from ..fileio import atomic_write, save_safetensors
 from ..models.unet import UNet, UNetConfig
 from ..runtime import default_device
-from .checkpointing import (CSVLog, atomic_write, check_same_architecture, load_training_state, save_safetensors,
-                            save_training_state, write_json)
+from .checkpointing import CSVLog, check_same_architecture, load_training_state, save_training_state, write_json
 from .data import EMOJI_TEMPLATES, CaptionSampler, ImageCaptionDataset, Record
 from .diffusion import DiffusionLoss, LossConfig
 from .ema import EMA
