@@ -63,7 +63,7 @@ def check_generation_config(config: object, where: str) -> dict:
             raise LatentDiffError(f"{where}: {key} has a bad value {value!r}")
     config = dict(config)
     if "sampler" in config:
-        from ..pipelines.samplers import check_sampler
+        from ..sampler_names import check_sampler
 
         config["sampler"] = check_sampler(config["sampler"])
     return config

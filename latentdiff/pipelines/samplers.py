@@ -14,31 +14,22 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from ..errors import LatentDiffError
+from ..sampler_names import DISPLAY, check_sampler  # noqa: F401  (check_sampler: pipelines import it from here)
 
-# name → (scheduler class, config overrides, A1111's display name)
-SAMPLERS = {
-    "ddim": (DDIMScheduler, {}, "DDIM"),
-    "ddpm": (DDPMScheduler, {}, "DDPM"),
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}, "PLMS"),
-    "euler": (EulerDiscreteScheduler, {}, "Euler"),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}, "Euler a"),
-    "heun": (HeunDiscreteScheduler, {}, "Heun"),
-    "lms": (LMSDiscreteScheduler, {}, "LMS"),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}, "DPM++ 2M"),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, "DPM++ 2M Karras"),
-    "unipc": (UniPCMultistepScheduler, {}, "UniPC"),
+# name → (scheduler class, config overrides, A1111's display name); the names and display names live in sampler_names
+_SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
 }
-_BY_DISPLAY = {display: name for name, (_, _, display) in SAMPLERS.items()}
-
-
-def check_sampler(name: str) -> str:
-    """Accept our short name or A1111's display name; fail with one line otherwise."""
-    if name in SAMPLERS:
-        return name
-    if name in _BY_DISPLAY:
-        return _BY_DISPLAY[name]
-    raise LatentDiffError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+SAMPLERS = {name: (*_SCHEDULERS[name], display) for name, display in DISPLAY.items()}
 
 
 def make_scheduler(name: str, base_config: dict):
