@@ -92,8 +92,8 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
-    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, pipe.dtype)  # first draw of each generator
-    noise = draw_noise(gens, init_latents.shape).to(pipe.device, pipe.dtype)       # second draw
+    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, torch.float32)  # first draw of each generator
+    noise = draw_noise(gens, init_latents.shape).to(pipe.device, torch.float32)   # second draw
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(gens)))
     latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)
     images = pipe.to_pil(pipe.decode(latents))

@@ -97,8 +97,8 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     shape = (b, pipe.vae.config.latent_channels, h // f, w // f)
     image_latents = None
     if mode == "blend" or strength < 1.0:
-        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
-    noise = draw_noise(gens, shape).to(pipe.device, pipe.dtype)
+        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, torch.float32)  # (B, C, h, w), fp32 like the sampler
+    noise = draw_noise(gens, shape).to(pipe.device, torch.float32)
     if strength < 1.0:
         latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(b))
     else:

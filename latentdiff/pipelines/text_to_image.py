@@ -148,18 +148,20 @@ class LatentDiffusionPipeline:
         return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Gaussian latents (B, C, h, w), one CPU generator per image seeded with its seed (as diffusers with a list)."""
+        """Gaussian latents (B, C, h, w) in fp32, one CPU generator per image seeded with its seed (as diffusers with a list)."""
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         c = self.unet.config.out_channels
         shape = (1, c, height // self.vae_scale_factor, width // self.vae_scale_factor)
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])  # (B, C, h, w)
-        return noise.to(self.device, self.dtype), gens
+        return noise.to(self.device), gens  # fp32: the sampler's state stays fp32 (denoise)
 
     def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,
                 progress: bool = True, on_step: Callable | None = None, callback: Callable | None = None) -> torch.Tensor:
         """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step.
 
         `callback(step, total, latents)` runs after each step (step counts from 1); returning True stops early.
+        The sampler works in fp32 for every model dtype: latents stay fp32 between steps and the scheduler steps on an
+        fp32 prediction (so ancestral noise is drawn in fp32); only the model runs in `self.dtype`.
         """
         extra = {}
         step_params = inspect.signature(scheduler.step).parameters
@@ -167,9 +169,10 @@ class LatentDiffusionPipeline:
             extra["eta"] = 0.0
         if "generator" in step_params:
             extra["generator"] = generators
+        latents = latents.float()  # (B, C, h, w) fp32 sampler state
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
             x_in = scheduler.scale_model_input(latents, t)
-            pred = model(x_in, t)
+            pred = model(x_in.to(self.dtype), t).float()
             latents = scheduler.step(pred, t, latents, return_dict=False, **extra)[0]
             if on_step is not None:
                 latents = on_step(i, t, latents)
