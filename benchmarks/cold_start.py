@@ -5,7 +5,7 @@ alternate within each round (ours, diffusers, ours --threads 1, ...) so machine 
 reported with the load average around every run. Also, once each: a `python -X importtime` breakdown of both arms
 (self time summed per top-level package), and our load steps timed in one process against the libraries' loaders.
 
-    python benchmarks/cold_start.py [--rounds 3] [--out benchmarks/results/cold_start.json]
+    python benchmarks/cold_start.py [--rounds 3] [--one-thread] [--before OTHER_CHECKOUT] [--out ...json]
 
 Both draw "a cat in a spacesuit", seed 0, the model's own settings (10 DPM++ 2M steps, CFG 3, its native size), in the
 same dtype: ours' automatic choice (bf16 on CPUs with native bf16, else fp32), given to diffusers as `dtype`.
@@ -43,7 +43,7 @@ image = pipe({PROMPT!r}, num_inference_steps=cfg["num_inference_steps"], guidanc
 image.save(sys.argv[1])
 """
 
-# our load steps against the libraries' loaders, in one warm process after the imports (CPU seconds, first call)
+# our load steps against the libraries' loaders, in one process after the imports (two rounds; the second is warm)
 LOAD_STEPS = f"""
 import json, time
 from pathlib import Path
@@ -59,18 +59,24 @@ steps = [("tokenizer: tokenizer.json (library)", lambda: CLIPTokenizer.from_pret
          ("VAE: direct_vae (ours)", lambda: direct_vae(M / "vae")),
          ("text encoder: CLIPTextModel.from_pretrained", lambda: CLIPTextModel.from_pretrained(str(M / "text_encoder"))),
          ("text encoder: direct_text_encoder (ours)", lambda: direct_text_encoder(M / "text_encoder"))]
-out = {{}}
-for name, f in steps:
-    c, w = time.process_time(), time.perf_counter()
-    f()
-    out[name] = {{"cpu_s": round(time.process_time() - c, 4), "wall_s": round(time.perf_counter() - w, 4)}}
+out = {{name: [] for name, _ in steps}}
+for _ in range(2):  # each library/ours pair back to back, twice: the first round pays one-time costs (lazy imports)
+    for name, f in steps:
+        c, w = time.process_time(), time.perf_counter()
+        f()
+        out[name].append({{"cpu_s": round(time.process_time() - c, 4), "wall_s": round(time.perf_counter() - w, 4)}})
 print(json.dumps(out))
 """
+
+
+ONE_THREAD = False  # --one-thread: every arm runs with OMP_NUM_THREADS=1
 
 
 def env(root: Path = ROOT) -> dict:
     e = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root), TQDM_DISABLE="1")
     e.pop("OMP_NUM_THREADS", None)
+    if ONE_THREAD:
+        e["OMP_NUM_THREADS"] = "1"
     return e
 
 
@@ -78,8 +84,9 @@ def arms(tmp: Path, before: str | None) -> dict[str, list[str]]:
     py = sys.executable
     ours = [py, "-m", "latentdiff.cli", "generate", PROMPT, "--seed", "0"]
     a = {"ours": ours + ["--out", str(tmp / "ours.png")],
-         "diffusers": [py, "-c", DIFFUSERS, str(tmp / "diffusers.png")],
-         "ours --threads 1": ours + ["--threads", "1", "--out", str(tmp / "ours-t1.png")]}
+         "diffusers": [py, "-c", DIFFUSERS, str(tmp / "diffusers.png")]}
+    if not ONE_THREAD:
+        a["ours --threads 1"] = ours + ["--threads", "1", "--out", str(tmp / "ours-t1.png")]
     if before:  # another checkout of latentdiff (e.g. main before this change), same command
         a[f"ours before ({before})"] = ours + ["--out", str(tmp / "before.png")]
     return a
@@ -117,8 +124,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--before", help="a second latentdiff checkout to time as one more arm (its PYTHONPATH)")
+    ap.add_argument("--one-thread", action="store_true",
+                    help="all arms on one thread (OMP_NUM_THREADS=1): CPU time then barely depends on other load")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cold_start.json"))
     args = ap.parse_args()
+    global ONE_THREAD
+    ONE_THREAD = args.one_thread
     tmp = Path(tempfile.mkdtemp(prefix="cold-start-"))
     cmds = arms(tmp, args.before)
     roots = {name: Path(args.before) if name.startswith("ours before") else ROOT for name in cmds}
@@ -140,6 +151,7 @@ def main() -> None:
 
     result = {
         "what": "fresh-process cold start to PNG, embedded model, 'a cat in a spacesuit', seed 0, model's own settings",
+        "one_thread": ONE_THREAD,
         "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads_default": torch.get_num_threads(), "python": platform.python_version(),
