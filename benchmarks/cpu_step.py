@@ -5,7 +5,7 @@ step records wall and CPU time. Levers that patch a loaded model in place (fused
 switched on one of our pipelines just for their arm; channels-last has a pipeline of its own. Then the image drift:
 ours-fp32 vs ours-bf16 (and with channels-last) drawing the same image, in 8-bit levels.
 
-    python benchmarks/cpu_step.py [--latent 64] [--rounds 3] [--out benchmarks/results/cpu_step.json]
+    python benchmarks/cpu_step.py [--latent 64] [--rounds 3] [--arms A,B] [--threads 1] [--out benchmarks/results/cpu_step.json]
 
 Needs about 8 GB of memory at the SD1.5 size (three bf16 pipelines, then two fp32 + bf16 for the drift).
 """
@@ -71,12 +71,16 @@ def main() -> None:
     ap.add_argument("--layout", default="sd15")
     ap.add_argument("--latent", type=int, default=64, help="latent side of the step (64: a 512² image)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arms", default="", help="comma-separated subset of the arms (default: all)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time barely depends on other load)")
     ap.add_argument("--drift-size", type=int, default=256, help="image side for the drift check (0: skip)")
     ap.add_argument("--drift-steps", type=int, default=8)
     ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "latentdiff" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_step.json"))
     args = ap.parse_args()
     device = torch.device("cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folder = ensure_model(args.layout, 0, args.work_dir)
     s = BenchSettings(layout=args.layout, device="cpu", latent=args.latent, seed=0, guidance=7.5,
                       height=args.drift_size, width=args.drift_size, steps=args.drift_steps)
@@ -86,6 +90,8 @@ def main() -> None:
                 "ours-bf16-cl": Variant("ours-bf16-cl", "ours", dtype="bf16", channels_last=True)}
     runners = {name: Runner(v, folder, device, s) for name, v in variants.items()}
     table = arms(runners)
+    if args.arms:
+        table = {n: table[n] for n in args.arms.split(",")}
     steps: dict[str, list[dict]] = {name: [] for name in table}
     outputs: dict[str, torch.Tensor] = {}
     for name, (r, on, off) in table.items():  # warm-up: oneDNN builds its bf16 primitives on the first call
@@ -97,7 +103,7 @@ def main() -> None:
             t, _ = step_once(*table[name])
             steps[name].append({**t, "load": round(os.getloadavg()[0], 2)})
             print(f"round {k + 1} {name}: {t}", file=sys.stderr, flush=True)
-    ref = outputs["ours-bf16"]
+    ref = outputs.get("ours-bf16", outputs["diffusers-bf16"])
     med = {n: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "cpu_s")} for n, v in steps.items()}
     # per-round ratios against diffusers' step of the same round (robust to drift between rounds)
     per_round = {n: [round(a["wall_s"] / b["wall_s"], 3) for a, b in zip(v, steps["diffusers-bf16"])] for n, v in steps.items()}

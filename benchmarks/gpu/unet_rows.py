@@ -73,8 +73,8 @@ def sdxl_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
         pooled, t_dim = 32, 8
         cfg.update(block_out_channels=[32, 64, 64], transformer_layers_per_block=[1, 1, 1][:len(cfg["down_block_types"])],
                    cross_attention_dim=64, attention_head_dim=[2, 4, 4], norm_num_groups=8, addition_time_embed_dim=t_dim,
-                   projection_class_embeddings_input_dim=6 * t_dim + pooled, sample_size=16)
-        latent, ctx = 16, 64
+                   projection_class_embeddings_input_dim=6 * t_dim + pooled, sample_size=16, layers_per_block=1)
+        latent, ctx = 8, 64
     from diffusers import UNet2DConditionModel
 
     ours = UNet(UNetConfig.from_diffusers(cfg)).eval()
@@ -106,8 +106,9 @@ def controlnet_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
     cfg = dict(read_preset("sd15")["unet"])
     latent = 64
     if dry:
-        cfg.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=2, cross_attention_dim=32, norm_num_groups=8)
-        latent = 16
+        cfg.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=2, cross_attention_dim=32, norm_num_groups=8,
+                   layers_per_block=1)
+        latent = 8
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     unet_cfg = UNetConfig.from_diffusers(cfg)
