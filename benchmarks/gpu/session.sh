@@ -36,14 +36,14 @@ start=$(date +%s)
 stage() { echo "$(date +%T) +$(( $(date +%s) - start ))s $*" | tee -a $G/stages.txt; }
 trap 'stage "driver exit"; touch $G/done' EXIT
 
-dev=cuda layout=sd15 size=512 slow=1 row_flags=""
+dev=cuda layout=sd15 size=512 slow=1 row_flags="" lever_steps=10
 bench_extra="--step-warmup 2 --step-repeats 8 --decode-repeats 1 --e2e-repeats 1 --steps 10 --no-memory"  # CUDA peak: in-process
 lora_extra="--device cuda --scale full --steps 3 --warmup 1 --max-batch 0"
 pytest_dev="--device cuda --dtype fp16,bf16"
 variants=diffusers-fp16,ours-fp16,ours-fp16-cl
 if [ "${DRY:-0}" = 1 ]; then
   export PATH=$PWD/.venv/bin:/work/main/.venv/bin:$PATH
-  dev=cpu layout=tiny size=64 slow=3 row_flags="--dry" pytest_dev="--device cpu --dtype bf16"
+  dev=cpu layout=tiny size=64 slow=6 row_flags="--dry" pytest_dev="--device cpu --dtype bf16" lever_steps=2
   variants=diffusers-bf16,ours-bf16
   bench_extra="--layout tiny --size 64 --latent 8 --steps 2 --step-repeats 1 --decode-repeats 1 --e2e-repeats 1 --no-memory"
   lora_extra="--device cpu --scale small --steps 2 --warmup 1"
@@ -71,7 +71,7 @@ timeout $((110 * slow)) python3 benchmarks/lora_train.py --runs ours+gc:4 $lora_
 echo "rc $?" >> $G/lora.log
 
 lever() {  # E, H, I: one lever alone, its own process and timeout
-  timeout $(($2 * slow)) python3 benchmarks/gpu/bench_levers.py $1 --device $dev --layout $layout --size $size --steps 10 \
+  timeout $(($2 * slow)) python3 benchmarks/gpu/bench_levers.py $1 --device $dev --layout $layout --size $size --steps $lever_steps \
     --work-dir $work --out $G/lever-$1.json > $G/lever-$1.log 2>&1
   echo "rc $?" >> $G/lever-$1.log
 }
