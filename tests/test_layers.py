@@ -61,3 +61,12 @@ def test_the_checker_sees_relative_and_lazy_imports():
     assert "training" in imported_packages(PACKAGE / "evaluation" / "evaluate.py")    # a relative import
     assert "sampler_names" in imported_packages(PACKAGE / "checkpoints" / "loader.py")  # a lazy relative import
     assert "checkpoints" in imported_packages(PACKAGE / "cli" / "generate.py")         # a top-level relative import
+
+
+# The low layer: modules every layer may import, which import nothing of ours but `errors` (and each other).
+LOW = ("errors", "fileio", "imaging", "diffusion")
+
+
+def test_the_low_layer_imports_nothing_above_it():
+    for name in LOW:
+        assert imported_packages(PACKAGE / f"{name}.py") <= set(LOW), name

@@ -17,15 +17,15 @@ run=$(cat $G/run_dir 2>/dev/null)
 if [ -n "$run" ]; then
   for s in vae unet; do
     d=$run/$s; [ -d $d ] || continue
-    cp $d/loss.csv $R/$s-loss.csv 2>/dev/null
+    cp $d/log.csv $R/$s-loss.csv 2>/dev/null
     ls $d/samples/*.png 2>/dev/null | tail -2 | while read p; do cp "$p" $R/$s-$(basename "$p"); done
-    if [ ! -f $G/model-ready ] && [ -f $d/checkpoint/state.pt ]; then  # no model yet: the checkpoint, EMA in fp16
+    if [ ! -f $G/model-ready ] && [ -f $d/checkpoints/latest/state.pt ]; then  # no model yet: the checkpoint, EMA in fp16
       mkdir -p $R/ckpt/$s/checkpoint
-      cp $d/checkpoint/arch.json $R/ckpt/$s/checkpoint/
+      cp $d/checkpoints/latest/arch.json $R/ckpt/$s/checkpoint/
       python3 -c "import sys, torch; from safetensors.torch import load_file, save_file
 s = load_file(sys.argv[1]); save_file({k: v.half().contiguous() for k, v in s.items()}, sys.argv[2])" \
-        $d/checkpoint/ema.safetensors $R/ckpt/$s/checkpoint/ema.safetensors
-      python3 -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" $d/checkpoint/state.pt > $R/ckpt/$s/step.txt
+        $d/checkpoints/latest/ema.safetensors $R/ckpt/$s/checkpoint/ema.safetensors
+      python3 -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" $d/checkpoints/latest/state.pt > $R/ckpt/$s/step.txt
       [ -f $d/latents.pt ] && python3 -c "import sys, torch  # export reads only the latent scale; a stale stamp re-encodes
 torch.save({'stamp': None, 'moments': torch.empty(0), 'scale': torch.load(sys.argv[1], weights_only=False)['scale']}, sys.argv[2])" \
         $d/latents.pt $R/ckpt/$s/latents.pt
@@ -37,6 +37,6 @@ tar cf - -C runs gpu-pack | split -b 15M -d - $OUT/pack.tar.
 echo "== stages"; cat $G/stages.txt 2>/dev/null
 for f in parity bench lora data vae unet export generate; do
   [ -f $G/$f.log ] && { echo "== $f"; tr '\r' '\n' < $G/$f.log | grep -v '^$' | tail -4; }; done
-for s in vae unet; do [ -f "$run/$s/loss.csv" ] && { echo "== $s loss"; tail -2 $run/$s/loss.csv; }; done
+for s in vae unet; do [ -f "$run/$s/log.csv" ] && { echo "== $s loss"; tail -2 $run/$s/log.csv; }; done
 alive && echo "DRIVER RUNNING" || echo "DRIVER EXITED"
 ls -la $OUT
