@@ -157,8 +157,9 @@ def test_set_threads_checks_input():
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import harness
     import make_table
+
+    from latentdiff.bench import harness
 
     return harness, make_table
 

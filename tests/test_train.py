@@ -317,3 +317,32 @@ def test_checkpoint_minutes_saves_by_the_clock(shapes, tmp_path, monkeypatch):
         "train_vae.log_every": 2, "train_vae.sample_every": 0}))
     train.train_vae(cfg, progress=False)
     assert saved == [2, 4, 6]  # every log step (the clock is always due), not only the last
+
+
+def test_resume_reads_the_old_layout_and_the_old_flag_order(shapes, tmp_path, caplog, capsys):
+    """A run written as `vae/checkpoint/` + `loss.csv` resumes (one note each) into checkpoints/step-N + latest and
+    log.csv; `train --resume CONFIG` is read as `train CONFIG --resume`; --resume PATH names one checkpoint."""
+    import shutil
+
+    from latentdiff.cli import main
+    from latentdiff.training.stages import load_config, train_vae
+
+    changes = {"train_vae.max_steps": 2, "train_vae.log_every": 1, "train_vae.checkpoint_every": 1, "train_vae.sample_every": 0}
+    cfg = load_config(write_config(tmp_path / "t.yaml", shapes, tmp_path / "out", **changes))
+    train_vae(cfg, progress=False)
+    vae = tmp_path / "out" / "vae"
+    assert sorted(p.name for p in (vae / "checkpoints").iterdir()) == ["latest", "step-000001", "step-000002"]
+    assert (vae / "checkpoints" / "latest").resolve() == (vae / "checkpoints" / "step-000002").resolve()
+    shutil.copytree(vae / "checkpoints" / "step-000002", vae / "checkpoint")  # as a run from before the new layout
+    shutil.rmtree(vae / "checkpoints")
+    (vae / "log.csv").rename(vae / "loss.csv")
+    more = write_config(tmp_path / "more.yaml", shapes, tmp_path / "out", **{**changes, "train_vae.max_steps": 3})
+    assert main(["train", "--resume", str(more), "--stage", "vae"]) == 0
+    assert "note: --resume takes an optional checkpoint now" in capsys.readouterr().err
+    assert "reading the old checkpoint layout" in caplog.text and "loss.csv is now log.csv" in caplog.text
+    assert [r.split(",")[0] for r in (vae / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+    assert torch.load(vae / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 3
+    step3 = vae / "checkpoints" / "step-000003"
+    assert main(["train", str(more), "--stage", "vae", "--resume", str(step3)]) == 0  # already at max_steps: nothing to do
+    assert main(["train", str(more), "--resume", str(step3)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --resume CHECKPOINT names one stage's checkpoint; add --stage vae, unet or decoder"
