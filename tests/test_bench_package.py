@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from latentdiff.cli import main
 
 
+@pytest.mark.slow
 def test_bench_runs_without_the_source_trees_benchmarks_folder(tmp_path, monkeypatch, capsys):
     import latentdiff.cli.bench as bench
 

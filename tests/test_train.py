@@ -150,7 +150,10 @@ def test_export_writes_the_configs_sampling_defaults(tiny_run, shapes):
 def test_resume_continues_and_refuses_other_architecture(tiny_run, shapes):
     from latentdiff.training.stages import load_config, train_vae
 
-    base, out = tiny_run["base"], tiny_run["cfg"].output_dir
+    import shutil
+
+    base = tiny_run["base"]
+    out = shutil.copytree(tiny_run["cfg"].output_dir, base / "resumed", symlinks=True)  # the module's run stays as it is
     cfg = load_config(write_config(base / "more.yaml", shapes, out, **{"train_vae.max_steps": 10, "train_vae.sample_every": 0}))
     with pytest.raises(LatentDiffError, match="already holds a checkpoint; pass --resume"):
         train_vae(cfg, progress=False)
@@ -210,6 +213,7 @@ def test_bad_datasets(tmp_path, caplog):
         PixelCache.load_or_build(DataConfig(root=str(uncaptioned), resolution=32), tmp_path / "c2.pt", progress=False)
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
     """`accelerate launch --num_processes 2 --cpu`: each process takes half the global batch; the first logged loss matches one process's."""
     from latentdiff.training.stages import load_config, train_vae
