@@ -116,3 +116,7 @@ def tiny_single_file(tmp_path_factory, tiny_sd1):
     from latentdiff.checkpoints import save_single_file
 
     return save_single_file(tiny_sd1, tmp_path_factory.mktemp("models") / "tiny-sd1.safetensors")
+
+
+from sdxl_fixtures import (tiny_sdxl, tiny_sdxl_folder, tiny_sdxl_inpaint, tiny_sdxl_inpaint_folder,  # noqa: E402,F401
+                           tiny_sdxl_refiner, tiny_sdxl_refiner_folder)
