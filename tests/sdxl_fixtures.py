@@ -12,8 +12,8 @@ XL_SCHEDULER = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, 
 
 
 def tiny_sdxl_components(kind: str = "sdxl", seed: int = 0):
-    """SDXL's structure at toy widths: U-Net levels (32, 64) with depth (1, 2), CLIP-L-like 32-d + bigG-like 32-d
-    encoders (3 layers, pooled projection 16-d), an 8×-downsampling VAE with SDXL's scaling factor, shipped tokenizers."""
+    """SDXL's structure at toy widths: U-Net levels (32, 64) with depth (1, 2), CLIP-L-like 32-d +
+    encoders (3 layers, pooled projection 16-d; bigG-like 48-d, widths differ as in SDXL so diffusers tells them apart), an 8×-downsampling VAE with SDXL's scaling factor, shipped tokenizers."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -23,7 +23,7 @@ def tiny_sdxl_components(kind: str = "sdxl", seed: int = 0):
 
     torch.manual_seed(seed)
     refiner = kind == "sdxl_refiner"
-    context = 32 if refiner else 64
+    context = 48 if refiner else 32 + 48
     numbers = 5 if refiner else 6
     cfg = UNetConfig(in_channels=9 if kind == "sdxl_inpaint" else 4, block_out_channels=(32, 64), layers_per_block=1,
                      attention_levels=(False, True), num_heads=(1, 2), transformer_depth=(1, 2), cross_attention_dim=context,
@@ -37,13 +37,13 @@ def tiny_sdxl_components(kind: str = "sdxl", seed: int = 0):
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.13025, force_upcast=True).eval()
 
-    def clip(cls, act, **kw):
-        return cls(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    def clip(cls, act, width, **kw):
+        return cls(CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                                   max_position_embeddings=77, hidden_act=act, bos_token_id=49406, eos_token_id=49407,
                                   pad_token_id=1, **kw)).eval()
 
-    first = None if refiner else clip(CLIPTextModel, "quick_gelu")
-    second = clip(CLIPTextModelWithProjection, "gelu", projection_dim=16)
+    first = None if refiner else clip(CLIPTextModel, "quick_gelu", 32)
+    second = clip(CLIPTextModelWithProjection, "gelu", 48, projection_dim=16)
     extra = {"force_zeros_for_empty_prompt": not refiner, "requires_aesthetics_score": refiner}
     return Components(unet, vae, first, None if refiner else load_tokenizer(None, "sd1"), dict(XL_SCHEDULER), kind=kind,
                       source="tiny-" + kind, extra=extra, text_encoder_2=second, tokenizer_2=load_tokenizer(None, "sd2"))

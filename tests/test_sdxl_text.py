@@ -25,14 +25,14 @@ def test_short_prompt_equals_diffusers_encode_prompt(tiny_sdxl_folder, tiny_sdxl
     ref = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_folder), local_files_only=True, add_watermarker=False)
     want, want_neg, want_pooled, want_neg_pooled = ref.encode_prompt("a small house", device="cpu", negative_prompt="ugly")
     (ctx, pooled), (neg, neg_pooled) = enc(tiny_sdxl, ["a small house"]), enc(tiny_sdxl, ["ugly"])
-    assert ctx.shape == (1, 77, 64) and pooled.shape == (1, 16)
+    assert ctx.shape == (1, 77, 80) and pooled.shape == (1, 16)
     for a, b in ((ctx, want), (pooled, want_pooled), (neg, want_neg), (neg_pooled, want_neg_pooled)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 def test_long_prompts_are_chunked_pooled_from_the_first_chunk(tiny_sdxl):
     ctx, pooled = enc(tiny_sdxl, [LONG, "short"])
-    assert ctx.shape == (2, 154, 64)  # two 77-token chunks per prompt, the short one padded with an empty chunk
+    assert ctx.shape == (2, 154, 80)  # two 77-token chunks per prompt, the short one padded with an empty chunk
     first_ids = tiny_sdxl.tokenizer_2(LONG, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         first = tiny_sdxl.text_encoder_2(first_ids, output_hidden_states=True)
@@ -58,7 +58,7 @@ def test_clip_skip_moves_clip_l_only_as_a1111(tiny_sdxl):
 
 def test_empty_negative_is_zeros_when_the_model_says_so(xl):
     ctx, unet = xl.condition(["a dog", "a cat"], ["", "blurry"], True, 0, (64, 64))
-    assert ctx.shape == (4, 77, 64) and unet.text_embeds.shape == (4, 16) and unet.time_ids.shape == (4, 6)
+    assert ctx.shape == (4, 77, 80) and unet.text_embeds.shape == (4, 16) and unet.time_ids.shape == (4, 6)
     assert ctx[0].abs().max() == 0 and unet.text_embeds[0].abs().max() == 0  # "" → zeros (force_zeros_for_empty_prompt)
     assert ctx[1].abs().max() > 0  # "blurry" is encoded
     assert unet.time_ids[0].tolist() == [64, 64, 0, 0, 64, 64]

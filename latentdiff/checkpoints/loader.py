@@ -227,8 +227,14 @@ def load_single_file(path: Path, *, allow_pickle: bool = False, prediction_type:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .sdxl_single import is_sdxl_file
     from .single_file import read_single_file
 
+    if is_sdxl_file(path):  # SGM/A1111 SDXL layout (conditioner.embedders.*)
+        from .sdxl_single import read_sdxl_file
+        from .single_file import load_state_dict
+
+        return read_sdxl_file(path, load_state_dict(path), prediction_type=prediction_type)
     parts = read_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
     unet = build_unet(UNetConfig.from_diffusers(parts.unet_config), parts.unet_state, f"{path} (U-Net)")
     with torch.device("meta"):
@@ -278,6 +284,10 @@ def save_single_file(c: Components, path: str | os.PathLike, dtype: torch.dtype 
     """Write one LDM-layout `.safetensors` (A1111/CompVis keys); our component configs ride in its metadata."""
     from .single_file import write_single_file
 
+    if c.is_sdxl:
+        from .sdxl_single import write_sdxl_file
+
+        return write_sdxl_file(c, path, dtype)
     configs = {"unet": c.unet.config.to_diffusers(), "vae": dict(c.vae.config),
                "text_encoder": c.text_encoder.config.to_dict(), "scheduler": dict(c.scheduler_config)}
     return write_single_file(path, kind=c.kind, unet_state=c.unet.state_dict(), vae_state=c.vae.state_dict(),

@@ -7,6 +7,8 @@ guidance and img2img/inpaint code are the same for every family.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..errors import LatentDiffError
@@ -132,6 +134,6 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     latents = refiner.denoise(latents, scheduler, scheduler.timesteps[start:],
                               CFGDenoiser(unet, context, guidance_scale, scheduler=scheduler), gens, progress)
     images = refiner.to_pil(refiner.decode(latents))
-    extra = {"Refiner": f"{refiner.model_name} [{refiner.model_hash}]" if refiner.model_hash else refiner.model_name,
-             "Refiner switch at": switch}
+    name = Path(refiner.model_name).stem  # A1111 writes "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8"
+    extra = {"Refiner": f"{name} [{refiner.model_hash}]" if refiner.model_hash else name, "Refiner switch at": switch}
     return PipelineOutput(images, request_params(base, req, num_inference_steps, guidance_scale, width, height, 0.0, clip_skip, extra))

@@ -61,9 +61,17 @@ class LatentDiffusionPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
                         allow_pickle: bool = False, prediction_type: str | None = None, fast: bool = False,
-                        compile: bool = False) -> "LatentDiffusionPipeline":
-        """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path."""
+                        compile: bool = False, vae: str | os.PathLike | None = None) -> "LatentDiffusionPipeline":
+        """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path.
+
+        vae: a separate VAE (diffusers vae folder or .safetensors in diffusers or LDM names) replacing the model's.
+        """
         components = load_components(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
+        if vae is not None:
+            from ..checkpoints.vae_file import load_vae
+
+            components.vae = load_vae(vae, components.vae)
+            components.extra["vae"] = str(vae)
         return cls(components, device=device, dtype=dtype, attention=attention, model_name=str(path), fast=fast, compile=compile)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
