@@ -106,7 +106,7 @@ class LatentDiffusionPipeline:
         if getattr(self, "_loras", None) is None:
             from ..lora.manager import LoraManager
 
-            self._loras = LoraManager(self.unet, self.text_encoder)
+            self._loras = LoraManager(self.unet, self.text_encoder, self.components.text_encoder_2)
         return self._loras
 
     def load_lora(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
