@@ -129,3 +129,14 @@ def test_refiner_alone_is_an_img2img_model(tiny_sdxl_refiner_folder, tiny_sdxl_r
     got = refiner.img2img("a vase", picture(2), strength=0.5, num_inference_steps=6, guidance_scale=4.0, sampler="euler", seed=2,
                           micro_conditioning={"aesthetic_score": 7.0}, progress=False).images[0]
     assert_close(got, want)
+
+
+def test_fp16_keeps_the_sdxl_vae_in_fp32(tiny_sdxl_folder):
+    """SDXL's VAE overflows in fp16 (force_upcast): it stays fp32 while the rest runs in fp16, as diffusers decodes."""
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, dtype="fp32")
+    pipe.to(dtype=torch.float16)
+    assert pipe.unet.dtype == torch.float16 and pipe.components.text_encoder_2.dtype == torch.float16
+    assert pipe.vae.dtype == torch.float32 and pipe.vae.config.scaling_factor == 0.13025
+    pipe.vae.register_to_config(force_upcast=False)  # a fixed fp16 VAE says so in its config
+    pipe.to(dtype=torch.float16)
+    assert pipe.vae.dtype == torch.float16

@@ -309,8 +309,8 @@ def _count(state: Iterable[str], prefix: str) -> int:
     return 1 + max((int(n) for n in found if n.isdigit()), default=-1)
 
 
-def unet_layout_from_ldm(state: Mapping[str, torch.Tensor]) -> UNetLayout:
-    """Levels, widths and attention of an LDM U-Net, read from its keys and shapes."""
+def unet_layout_from_ldm(state: Mapping[str, torch.Tensor], added: bool = False) -> UNetLayout:
+    """Levels, widths and attention of an LDM U-Net, read from its keys and shapes; `added`: SDXL's label_emb too."""
     what = "U-Net"
     n_in = _count(state, f"{UNET}input_blocks.")  # conv_in + levels * lpb resnets + (levels - 1) downsamplers
     levels = 1 + sum(f"{UNET}input_blocks.{i}.0.op.weight" in state for i in range(n_in))
@@ -328,7 +328,7 @@ def unet_layout_from_ldm(state: Mapping[str, torch.Tensor]) -> UNetLayout:
         linear_projection=len(shape_of(state, f"{mid}.proj_in.weight", what)) == 2,
         in_channels=shape_of(state, f"{UNET}input_blocks.0.0.weight", what)[1],
         out_channels=shape_of(state, f"{UNET}out.2.weight", what)[0],
-        adm_in_channels=shape_of(state, f"{UNET}label_emb.0.0.weight", what)[1] if f"{UNET}label_emb.0.0.weight" in state else 0,
+        adm_in_channels=shape_of(state, f"{UNET}label_emb.0.0.weight", what)[1] if added else 0,
     )
 
 

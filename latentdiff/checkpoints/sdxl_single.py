@@ -124,10 +124,8 @@ def read_sdxl_file(path: str | os.PathLike, state: Mapping[str, torch.Tensor], *
 
     path = Path(path)
     family = xl_family(state)
-    u, v = K.unet_layout_from_ldm(state), K.vae_layout_from_ldm(state)
+    u, v = K.unet_layout_from_ldm(state, added=True), K.vae_layout_from_ldm(state)
     kind = "sdxl_inpaint" if family == "sdxl" and u.in_channels == 2 * v.latent_channels + 1 else family
-    if not u.adm_in_channels:
-        raise LatentDiffError(f"{path}: SDXL conditioner keys but no U-Net label_emb (the added embedding)")
     preset, saved = read_preset(PRESETS[kind]), _saved(path)
     base = {part: {**(preset.get(part) or {}), **saved.get(part, {})} for part in PARTS}
 

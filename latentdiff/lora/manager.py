@@ -44,8 +44,9 @@ class LoraManager:
     # -- loading ---------------------------------------------------------------------------------------------------
     def load(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
         """Read a LoRA file (peft/diffusers, old diffusers or kohya/A1111) and attach it as adapter `name`."""
-        from .sdxl import kohya_aliases
+        from .sdxl import kohya_aliases, refuse_sdxl_lora
 
+        refuse_sdxl_lora(path, self.text_encoder_2 is not None)
         modules = component_modules(self.unet, self.text_encoder, self.text_encoder_2)
         lora = read_lora(path, modules, kohya_aliases(self.unet, modules))
         name = name or self._free_name(Path(lora.path).stem)

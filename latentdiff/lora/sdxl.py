@@ -57,3 +57,24 @@ def to_kohya_sdxl(state: LoraState, unet: nn.Module) -> dict:
         out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"] = m.down, m.up
         out[f"{name}.alpha"] = torch.tensor(float(m.alpha))
     return out
+
+
+SDXL_MARKS = ("lora_te1_", "lora_te2_", "text_encoder_2.")  # names only SDXL LoRAs use
+
+
+def refuse_sdxl_lora(path, model_is_sdxl: bool) -> None:
+    """One line for an SDXL LoRA on an SD1/SD2 model (its te1/te2 names would otherwise half-match)."""
+    from safetensors import safe_open
+
+    from ..errors import LatentDiffError
+    from .io import resolve_path
+
+    if model_is_sdxl:
+        return
+    try:
+        with safe_open(str(resolve_path(path)), framework="pt", device="cpu") as f:
+            key = next((k for k in f.keys() if k.startswith(SDXL_MARKS)), None)
+    except Exception:  # unreadable: read_lora gives the one-line error
+        return
+    if key is not None:
+        raise LatentDiffError(f"this is an SDXL LoRA (key {key}); this model is not SDXL")
