@@ -91,6 +91,11 @@ def cmd_info(args) -> int:
     print(f"U-Net            {count(c.unet)} params, {dtypes(c.unet)}; channels {list(u.block_out_channels)}, "
           f"{u.layers_per_block} blocks/level, attention {['yes' if a else 'no' for a in u.attention_levels]}, "
           f"heads {list(u.num_heads)}, context {u.cross_attention_dim}, in {u.in_channels} → out {u.out_channels}")
+    if c.is_sdxl:
+        numbers = (u.projection_class_embeddings_input_dim - c.text_encoder_2.config.projection_dim) // u.addition_time_embed_dim
+        print(f"SDXL             transformer depth {[d if a else 0 for d, a in zip(u.level_depth, u.attention_levels)]}, added embedding: pooled text + {numbers} "
+              f"micro-conditioning numbers{' (with aesthetic score)' if numbers == 5 else ''}; "
+              f"empty negative → zeros: {'yes' if c.extra.get('force_zeros_for_empty_prompt') else 'no'}")
     v = c.vae.config
     print(f"VAE              {count(c.vae)} params, {dtypes(c.vae)}; {2 ** (len(v.block_out_channels) - 1)}× down, "
           f"{v.latent_channels} latent channels, scaling {v.scaling_factor}")
