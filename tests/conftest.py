@@ -143,3 +143,7 @@ def _session_components_unchanged(request):
     yield
     for n in names:
         assert fingerprint(request.getfixturevalue(n)) == before[n], f"{request.node.nodeid} changed the session fixture {n}"
+
+
+from sdxl_fixtures import (tiny_sdxl, tiny_sdxl_folder, tiny_sdxl_inpaint, tiny_sdxl_inpaint_folder,  # noqa: E402,F401
+                           tiny_sdxl_refiner, tiny_sdxl_refiner_folder)

@@ -54,6 +54,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
+    p.add_argument("--vae", metavar="PATH", help="a separate VAE (diffusers vae folder or .safetensors) instead of the model's")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
