@@ -143,7 +143,7 @@ def test_our_text_names_the_cpu_noise_and_reads_back_without_notices(tiny_folder
                          height=48, guidance_scale=4.5, clip_skip=1, model=str(tiny_folder), model_hash=model_hash(tiny_folder))
     assert "RNG: CPU" in p.to_a1111()
     src = from_a1111(p.to_a1111())
-    assert src.notices == ["prompt weighting like (word), (word:1.2) or [word] is not one of ours; the text is used as written"]
+    assert src.notices == []  # A1111's emphasis is read as A1111 reads it (models.prompt_syntax)
     q = src.params
     assert (q.prompt, q.negative_prompt, q.sampler, q.steps, q.seed, q.width, q.height, q.guidance_scale, q.clip_skip,
             q.model_hash, src.model_name) == ("a (red) cat", "dog", "dpmpp_2m_karras", 7, 3, 64, 48, 4.5, 1,

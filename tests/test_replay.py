@@ -146,9 +146,9 @@ def test_replay_of_an_a1111_png_redraws_with_the_nearest_settings(capsys, tmp_pa
     assert code == 0
     lines = messages(err)
     assert [line.split(" ", 2)[:2] for line in lines] == [
-        ["note:", "prompt"], ["note:", "Hires"], ["note:", "Hires"], ["note:", "Face"], ["note:", "RNG:"],
-        ["warning:", "model"], ["warning:", "LoRA"], ["note:", "LoRA"]]
-    assert "hires fix" in lines[1] and "'missing'" in lines[7] and "0123456789" in lines[5] and "abcdef012345" in lines[6]
+        ["note:", "Hires"], ["note:", "Hires"], ["note:", "Face"], ["note:", "RNG:"],
+        ["warning:", "model"], ["warning:", "LoRA"], ["note:", "LoRA"]]  # (masterpiece:1.2) is weighted as A1111 weighs it
+    assert "hires fix" in lines[0] and "'missing'" in lines[6] and "0123456789" in lines[4] and "abcdef012345" in lines[5]
     p = read_png_params(out)
     assert (p.prompt, p.negative_prompt, p.steps, p.sampler, p.guidance_scale, p.seed, p.width, p.height, p.clip_skip) == \
         ("a cat in a hat, (masterpiece:1.2)", "blurry", 2, "dpmpp_2m_karras", 5.0, 11, 48, 64, 1)

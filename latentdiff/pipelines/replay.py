@@ -31,7 +31,6 @@ REPLAYED = {"img2img": {"Denoising strength": ("strength", float)},
 DTYPE_FLAGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 MODEL_SUFFIXES = ("", ".safetensors", ".ckpt")
 _NETWORK_TAG = re.compile(r"\s*<(lora|lyco|hypernet):([^:>]+)(?::([^:>]*))?[^>]*>")
-_WEIGHTED = re.compile(r"(?<!\\)[(\[]")  # A1111 emphasis: (word), (word:1.2), [word]; \( is a literal bracket
 # A1111 keys read into GenerationParams (or checked) by `from_a1111`; every other key is a notice
 _A1111_READ = {"Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale", "Seed", "Size", "Model hash", "Model",
                "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash"}
@@ -82,8 +81,6 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
     notices: list[str] = []
     networks = [(m.group(1), m.group(2), m.group(3)) for m in _NETWORK_TAG.finditer(prompt)]
     prompt = _NETWORK_TAG.sub("", prompt).strip()
-    if _WEIGHTED.search(prompt) or _WEIGHTED.search(negative):
-        notices.append("prompt weighting like (word), (word:1.2) or [word] is not one of ours; the text is used as written")
     hashes = dict(_split_pairs(kv.get("Lora hashes", "")))
     loras = []
     for kind, name, weight in networks:
