@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import with_text_bias
 from latentdiff.errors import LatentDiffError
 from latentdiff.models.prompt_syntax import chunk_prompt, parse_attention
 from latentdiff.models.text import encode_prompts
@@ -100,12 +101,13 @@ def by_hand(tok, text, parts):
     with torch.no_grad():
         z = text(ids77)[0]  # (1, 77, D)
     zw = z * w77[None, :, None]
+    assert 0.1 < z.mean().abs() < 10 and 0.1 < zw.mean().abs() < 10  # a well-posed ratio (see conftest.with_text_bias)
     return zw * (z.mean() / zw.mean())
 
 
 @pytest.mark.parametrize("kind", ["sd1", "sd2"])
 def test_emphasis_matches_a1111s_formula(kind, tiny_sd1, tiny_sd2):
-    c = tiny_sd1 if kind == "sd1" else tiny_sd2
+    c = with_text_bias(tiny_sd1 if kind == "sd1" else tiny_sd2)
     tok, text = c.tokenizer, c.text_encoder
     got = encode_prompts(tok, text, ["a (red:1.5) cat on [a mat]"])
     want = by_hand(tok, text, [("a ", 1.0), ("red", 1.5), (" cat on ", 1.0), ("a mat", 1 / 1.1)])
@@ -116,7 +118,8 @@ def test_emphasis_matches_a1111s_formula(kind, tiny_sd1, tiny_sd2):
 
 
 def test_each_chunk_keeps_its_own_mean(tiny_sd1):
-    tok, text = tiny_sd1.tokenizer, tiny_sd1.text_encoder
+    c = with_text_bias(tiny_sd1)
+    tok, text = c.tokenizer, c.text_encoder
     got = encode_prompts(tok, text, ["(red:2) cat BREAK blue dog"])
     assert got.shape[1] == 154
     assert (got[:, :77] - by_hand(tok, text, [("red", 2.0), (" cat", 1.0)])).abs().max().item() < 1e-6

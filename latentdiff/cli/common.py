@@ -69,6 +69,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=1, help="images per prompt")
     p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:WEIGHT]", help="LoRA file, repeatable")
     p.add_argument("--out", help="output PNG (default: the next numbered file in the current folder)")
+    p.add_argument("--embeddings-dir", metavar="DIR", help="textual-inversion embeddings, used in the prompt by file name (as A1111's folder)")
+
+
+def read_embeddings_arg(args) -> dict:
+    """The embeddings `--embeddings-dir` names (read before the model loads, so a bad file fails early); {} without it."""
+    if not getattr(args, "embeddings_dir", None):
+        return {}
+    from ..checkpoints.embeddings import read_embeddings
+
+    return read_embeddings(args.embeddings_dir, allow_pickle=args.allow_pickle)
 
 
 def output_paths(out: str | None, count: int) -> list[Path | None]:

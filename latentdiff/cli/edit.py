@@ -82,12 +82,14 @@ def _sampling(args) -> SimpleNamespace:
 
 def _load_pipeline(args):
     from ..checkpoints.loader import resolve_model
-    from .common import report_fast
+    from .common import read_embeddings_arg, report_fast
     from ..pipelines.text_to_image import LatentDiffusionPipeline
 
+    embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    prediction_type=args.prediction_type, fast=args.fast, compile=args.compile)
+    pipe.embeddings.update(embeddings)
     report_fast(pipe, args)
     if args.model in (None, "default"):
         pipe.model_name = "default"

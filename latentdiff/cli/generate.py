@@ -6,8 +6,8 @@ import sys
 
 from ..checkpoints.loader import resolve_model
 from ..errors import LatentDiffError
-from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, report_fast,
-                     save_outputs)
+from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, read_embeddings_arg,
+                     report_fast, save_outputs)
 
 def add_generate_parsers(sub) -> None:
     """`generate` (a prompt, or --replay PNG) and `info` (a model or a LoRA file)."""
@@ -42,6 +42,7 @@ def cmd_generate(args) -> int:
     check_request(p, num)
     check_runtime(args)
     paths = output_paths(args.out, num)
+    embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    fast=args.fast, compile=args.compile,
@@ -51,6 +52,7 @@ def cmd_generate(args) -> int:
         pipe.model_name = "default"
     for path, weight in loras:
         pipe.load_lora(path, weight=weight)
+    pipe.embeddings.update(embeddings)
     out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
                clip_skip=p.clip_skip)

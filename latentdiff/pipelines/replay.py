@@ -36,7 +36,7 @@ _A1111_READ = {"Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale", "Se
                "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash"}
 _A1111_WHY = {"Hires": "hires fix is not one of ours; drawing the first pass", "Face restoration": "face restoration is not one of ours",
               "RNG": "our noise comes from a CPU generator", "VAE": "the model's own VAE is used",
-              "TI hashes": "textual-inversion embeddings are not loaded", "Variation seed": "variation seeds are not one of ours",
+              "TI hashes": "embeddings are read from --embeddings-dir by name, not checked by hash", "Variation seed": "variation seeds are not one of ours",
               "Seed resize from": "seed resizing is not one of ours", "ENSD": "eta noise seed delta is not one of ours",
               "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours"}
 

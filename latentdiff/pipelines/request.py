@@ -88,7 +88,12 @@ def check_memory(pipe, width: int, height: int, images: int) -> None:
 
 def request_params(pipe, req: Request, steps: int, guidance_scale: float, width: int, height: int,
                    guidance_rescale: float, clip_skip: int, extra: dict) -> list[GenerationParams]:
-    """GenerationParams per image of the batch, mode-specific settings in `extra`."""
+    """GenerationParams per image of the batch, mode-specific settings in `extra` (plus A1111's `TI hashes`)."""
+    from ..checkpoints.embeddings import used_in
+
+    used = used_in(getattr(pipe, "embeddings", {}), req.prompts + req.negatives)
+    if used:
+        extra = {**extra, "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in used)}
     return [GenerationParams(prompt=p, negative_prompt=n, steps=steps, sampler=req.sampler, guidance_scale=guidance_scale,
                              seed=s, width=width, height=height, model=pipe.model_name, model_hash=pipe.model_hash,
                              guidance_rescale=guidance_rescale, clip_skip=clip_skip,

@@ -126,6 +126,23 @@ class LatentDiffusionPipeline:
             return []
         return [[a.path or a.name, a.weight] for a in self._loras.active]
 
+    # -- textual-inversion embeddings (latentdiff.checkpoints.embeddings reads the files) ---------------------------
+    @property
+    def embeddings(self) -> dict:
+        """{prompt name: Embedding} this pipeline knows; a prompt uses one by writing its name."""
+        if getattr(self, "_embeddings", None) is None:
+            self._embeddings = {}
+        return self._embeddings
+
+    def load_embeddings(self, path: str | os.PathLike, *, allow_pickle: bool = False) -> list[str]:
+        """Add an embedding file, or every one in a folder (A1111's embeddings folder); returns the names added."""
+        from ..checkpoints.embeddings import read_embedding, read_embeddings
+
+        found = read_embeddings(path, allow_pickle=allow_pickle) if Path(path).is_dir() else \
+            {(e := read_embedding(path, allow_pickle=allow_pickle)).name: e}
+        self.embeddings.update(found)
+        return list(found)
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -145,7 +162,10 @@ class LatentDiffusionPipeline:
         if clip_skip >= layers:
             raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers (use 0 to {layers - 1})")
         texts = negatives + prompts if guided else prompts
-        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
+        from ..checkpoints.embeddings import vectors_for
+
+        vectors = vectors_for(self.embeddings, self.text_encoder.config.hidden_size)
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip, embeddings=vectors).to(self.dtype)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
         """Gaussian latents (B, C, h, w), one CPU generator per image seeded with its seed (as diffusers with a list)."""
