@@ -25,6 +25,7 @@ A1111_TABLE = {
     "dpmpp_2m": ({"Sampler": "DPM++ 2M", "Schedule type": "Uniform"}, ("DPM++ 2M", "Uniform")),
     "dpmpp_2m_karras": ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, ("DPM++ 2M", "Karras")),
     "unipc": ({"Sampler": "UniPC"}, ("UniPC", "DDIM timesteps")),
+    "lcm": ({"Sampler": "LCM"}, ("LCM", "its own sigmas; ours are LCMScheduler's skipping timesteps")),
 }
 
 
@@ -55,8 +56,9 @@ READ_TABLE = [
     ({"Sampler": "DDPM"}, "ddpm", 0),                                                       # what latentdiff wrote before
     ({"Sampler": "DDIM", "Eta DDIM": "1"}, "ddpm", 0),
     ({"Sampler": "DDIM", "Eta DDIM": "0.5"}, "ddim", 1),
-    ({"Sampler": "Euler", "Schedule type": "Karras"}, "euler", 1),                          # no Euler Karras here
-    ({"Sampler": "DPM++ 2M", "Schedule type": "Exponential"}, "dpmpp_2m", 1),
+    ({"Sampler": "Euler", "Schedule type": "Karras"}, "euler", 0),       # the schedule is read by schedule_from_a1111
+    ({"Sampler": "DPM++ 2M", "Schedule type": "Exponential"}, "dpmpp_2m", 0),   # (test_schedules); no notice since issue 17
+    ({"Sampler": "Euler a", "Schedule type": "Karras"}, "euler_a", 1),           # diffusers' Euler a has no Karras sigmas
     ({"Sampler": "DPM++ SDE", "Schedule type": "Karras"}, None, 1),
     ({"Sampler": "Restart"}, None, 1),
 ]

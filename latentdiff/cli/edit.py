@@ -74,7 +74,7 @@ def _sampling(args) -> SimpleNamespace:
 
     s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
                         width=args.width, height=args.height, seed=args.seed, guidance_rescale=args.guidance_rescale,
-                        clip_skip=args.clip_skip)
+                        clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     check_request(s, args.num)
     check_runtime(args)
     return s
@@ -118,7 +118,7 @@ def cmd_img2img(args) -> int:
     pipe = _load_pipeline(args)
     out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
                        guidance_scale=s.guidance, sampler=s.sampler, seed=args.seed, num_images=args.num,
-                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip)
+                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     return _save(out, paths)
 
 
@@ -145,5 +145,5 @@ def cmd_inpaint(args) -> int:
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
                        overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
                        sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,
-                       clip_skip=args.clip_skip)
+                       clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     return _save(out, paths)

@@ -36,7 +36,7 @@ def cmd_generate(args) -> int:
     p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,  # None: the model's default (pipe.sampling_settings)
                          steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
                          seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
-                         clip_skip=args.clip_skip)
+                         clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     model, loras = args.model, args.lora
     num = args.num
     check_request(p, num)
@@ -55,7 +55,7 @@ def cmd_generate(args) -> int:
     pipe.embeddings.update(embeddings)
     out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
-               clip_skip=p.clip_skip)
+               clip_skip=p.clip_skip, schedule=p.schedule)
     return save_outputs(out, paths)
 
 

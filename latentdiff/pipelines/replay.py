@@ -18,7 +18,7 @@ from PIL import Image
 from ..errors import LatentDiffError
 from ..hashes import legacy_model_hash, lora_hash, model_hash
 from .params import JSON_KEY, GenerationParams, parse_a1111
-from .samplers import sampler_from_a1111
+from .samplers import sampler_from_a1111, schedule_from_a1111
 
 # flags whose parser default is not None: given on the command line when the value differs from these
 FLAG_DEFAULTS = {"negative": "", "guidance_rescale": 0.0, "clip_skip": 0, "dtype": "auto", "num": 1}
@@ -94,7 +94,7 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
         sampler = "dpmpp_2m"
         notices[-1] += "; drawing with dpmpp_2m"
     width, _, height = kv.get("Size", "512x512").partition("x")
-    p = GenerationParams(prompt=prompt, negative_prompt=negative, sampler=sampler,
+    p = GenerationParams(prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule_from_a1111(kv),
                          steps=int(_number(kv.get("Steps"), 20, "Steps", notices)),
                          guidance_scale=_number(kv.get("CFG scale"), 7.0, "CFG scale", notices),
                          seed=int(_number(kv.get("Seed"), 0, "Seed", notices)),
@@ -185,9 +185,10 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
                               f" --replay {args.replay}`")
     lines = [f"note: {n}" for n in src.notices]
     for name, value in (("prompt", p.prompt), ("negative", p.negative_prompt), ("steps", p.steps), ("sampler", p.sampler),
+                        ("schedule", p.schedule),
                         ("guidance", p.guidance_scale), ("seed", p.seed), ("width", p.width), ("height", p.height),
                         ("guidance_rescale", p.guidance_rescale), ("clip_skip", p.clip_skip)):
-        if getattr(args, name) == FLAG_DEFAULTS.get(name):
+        if getattr(args, name, None) == FLAG_DEFAULTS.get(name):
             setattr(args, name, value)
     if args.dtype == "auto" and p.dtype:
         args.dtype = DTYPE_FLAGS.get(p.dtype, p.dtype)

@@ -226,7 +226,7 @@ class LatentDiffusionPipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-                 progress: bool = True, callback: Callable | None = None) -> PipelineOutput:
+                 progress: bool = True, callback: Callable | None = None, schedule: str = "automatic") -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
         Args:
@@ -241,6 +241,8 @@ class LatentDiffusionPipeline:
             num_images: images per prompt.
             guidance_rescale: φ of Lin et al. 2023 (0.7 suggested for v-prediction models).
             clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
+            schedule: the sigma/timestep schedule, A1111's "Schedule type": "automatic" (the sampler's own), "karras",
+                "exponential", "beta", "sgm_uniform", ... (`latentdiff.pipelines.samplers.SCHEDULE_OPTIONS`).
             callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
                 there and decodes the latents reached (the server's progress preview and interrupt).
         Returns:
@@ -252,10 +254,10 @@ class LatentDiffusionPipeline:
         width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
         check_guidance(guidance_scale, guidance_rescale)
-        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
         prompts, negatives, seeds, sampler = req.prompts, req.negatives, req.seeds, req.sampler
         check_memory(self, width, height, len(req.prompts))
-        scheduler = make_scheduler(sampler, self.components.scheduler_config)
+        scheduler = make_scheduler(sampler, self.components.scheduler_config, req.schedule)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context = self.encode_text(prompts, negatives, guidance_scale > 1.0, clip_skip)
