@@ -16,6 +16,12 @@ def add_generate_parsers(sub) -> None:
     g.add_argument("--replay", metavar="PNG", help="draw again the image a PNG (ours or A1111's) was made with; flags override its settings")
     add_model_args(g)
     add_sampling_args(g)
+    h = g.add_argument_group("hires fix (A1111's: draw at the base size, upscale, redraw as img2img)")
+    h.add_argument("--hires-scale", type=float, default=None, help="turn the hires fix on: final size = base × SCALE (A1111's Hires upscale)")
+    h.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default 0: as many as --steps)")
+    h.add_argument("--hires-strength", type=float, default=0.7, help="second-pass denoising strength (default 0.7)")
+    h.add_argument("--hires-upscaler", default="latent", help="latent (bilinear), latent_nearest, latent_nearest_exact, "
+                   "latent_bicubic, lanczos (decoded image, re-encoded) or nearest")
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="describe a model (architecture, native size, sampling defaults) or a LoRA file")
@@ -41,6 +47,11 @@ def cmd_generate(args) -> int:
     num = args.num
     check_request(p, num)
     check_runtime(args)
+    hires = None
+    if args.hires_scale is not None:
+        from ..pipelines.hires import HiresFix
+
+        hires = HiresFix(args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler)
     paths = output_paths(args.out, num)
     embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
@@ -53,7 +64,14 @@ def cmd_generate(args) -> int:
     for path, weight in loras:
         pipe.load_lora(path, weight=weight)
     pipe.embeddings.update(embeddings)
-    out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
+    draw = pipe
+    if hires is not None:
+        from functools import partial
+
+        from ..pipelines.hires import hires_fix
+
+        draw = partial(hires_fix, pipe, hires=hires)
+    out = draw(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
                clip_skip=p.clip_skip, schedule=p.schedule)
     return save_outputs(out, paths)

@@ -33,8 +33,9 @@ MODEL_SUFFIXES = ("", ".safetensors", ".ckpt")
 _NETWORK_TAG = re.compile(r"\s*<(lora|lyco|hypernet):([^:>]+)(?::([^:>]*))?[^>]*>")
 # A1111 keys read into GenerationParams (or checked) by `from_a1111`; every other key is a notice
 _A1111_READ = {"Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale", "Seed", "Size", "Model hash", "Model",
-               "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash"}
-_A1111_WHY = {"Hires": "hires fix is not one of ours; drawing the first pass", "Face restoration": "face restoration is not one of ours",
+               "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash",
+               "Hires upscale", "Hires steps", "Hires upscaler"}
+_A1111_WHY = {"Hires": "not one of ours; the hires pass uses the first pass's setting", "Face restoration": "face restoration is not one of ours",
               "RNG": "our noise comes from a CPU generator", "VAE": "the model's own VAE is used",
               "TI hashes": "embeddings are read from --embeddings-dir by name, not checked by hash", "Variation seed": "variation seeds are not one of ours",
               "Seed resize from": "seed resizing is not one of ours", "ENSD": "eta noise seed delta is not one of ours",
@@ -105,9 +106,9 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
     for key in ("Denoising strength", "Init image hash", "Mask hash"):
         if key in kv:
             p.extra[key] = kv[key]
-    hires = any(k.startswith("Hires") for k in kv)
-    if "Denoising strength" in kv and hires:
-        del p.extra["Denoising strength"]  # the hires pass's strength, not an img2img one
+    for key in ("Hires upscale", "Hires steps", "Hires upscaler"):  # the hires fix (pipelines.hires) reads them back
+        if key in kv:
+            p.extra[key] = kv[key]
     for key, value in kv.items():
         if key not in _A1111_READ and not (key == "RNG" and value == "CPU"):
             why = next((w for prefix, w in _A1111_WHY.items() if key.startswith(prefix)), "not one of ours")
@@ -207,6 +208,11 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
             lines.append("note: an A1111 PNG does not say which input picture it was drawn from; --image is not checked")
         else:
             expected = {"image": p.extra["Init image hash"], "mask": p.extra.get("Mask hash", "")}
+    elif mode == "generate" and "Hires upscale" in p.extra:
+        if getattr(args, "hires_scale", None) is None:
+            args.hires_scale, args.hires_steps = float(p.extra["Hires upscale"]), int(p.extra.get("Hires steps", 0) or 0)
+            args.hires_strength = float(p.extra.get("Denoising strength", 0.7))
+            args.hires_upscaler = str(p.extra.get("Hires upscaler", "Latent"))
     elif src.origin == "a1111" and "Denoising strength" in p.extra:
         lines.append("note: this PNG was drawn by img2img from an input picture it does not carry; drawing it from noise")
     return lines, expected
