@@ -136,6 +136,23 @@ class LatentDiffusionPipeline:
             return []
         return [[a.path or a.name, a.weight] for a in self._loras.active]
 
+    # -- textual-inversion embeddings (latentdiff.checkpoints.embeddings reads the files) ---------------------------
+    @property
+    def embeddings(self) -> dict:
+        """{prompt name: Embedding} this pipeline knows; a prompt uses one by writing its name."""
+        if getattr(self, "_embeddings", None) is None:
+            self._embeddings = {}
+        return self._embeddings
+
+    def load_embeddings(self, path: str | os.PathLike, *, allow_pickle: bool = False) -> list[str]:
+        """Add an embedding file, or every one in a folder (A1111's embeddings folder); returns the names added."""
+        from ..checkpoints.embeddings import read_embedding, read_embeddings
+
+        found = read_embeddings(path, allow_pickle=allow_pickle) if Path(path).is_dir() else \
+            {(e := read_embedding(path, allow_pickle=allow_pickle)).name: e}
+        self.embeddings.update(found)
+        return list(found)
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -166,7 +183,10 @@ class LatentDiffusionPipeline:
         if clip_skip >= layers:
             raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers (use 0 to {layers - 1})")
         texts = negatives + prompts if guided else prompts
-        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
+        from ..checkpoints.embeddings import vectors_for
+
+        vectors = vectors_for(self.embeddings, self.text_encoder.config.hidden_size)
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip, embeddings=vectors).to(self.dtype)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
         """Gaussian latents (B, C, h, w) in fp32, one CPU generator per image seeded with its seed (as diffusers with a list)."""
@@ -232,6 +252,7 @@ class LatentDiffusionPipeline:
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
                  progress: bool = True, callback: Callable | None = None,
                  micro_conditioning=None, refiner: "LatentDiffusionPipeline | None" = None, refiner_switch: float = 0.8,
+                 schedule: str = "automatic",
                  ) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
@@ -247,6 +268,8 @@ class LatentDiffusionPipeline:
             num_images: images per prompt.
             guidance_rescale: φ of Lin et al. 2023 (0.7 suggested for v-prediction models).
             clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
+            schedule: the sigma/timestep schedule, A1111's "Schedule type": "automatic" (the sampler's own), "karras",
+                "exponential", "beta", "sgm_uniform", ... (`latentdiff.pipelines.samplers.SCHEDULE_OPTIONS`).
             callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
                 there and decodes the latents reached (the server's progress preview and interrupt).
             micro_conditioning: SDXL only: a `models.sdxl_text.MicroConditioning` or dict (original_size, crops, ...).
@@ -267,10 +290,10 @@ class LatentDiffusionPipeline:
         width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
         check_guidance(guidance_scale, guidance_rescale)
-        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
         prompts, negatives, seeds, sampler = req.prompts, req.negatives, req.seeds, req.sampler
         check_memory(self, width, height, len(req.prompts))
-        scheduler = make_scheduler(sampler, self.components.scheduler_config)
+        scheduler = make_scheduler(sampler, self.components.scheduler_config, req.schedule)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context, unet = self.condition(prompts, negatives, guidance_scale > 1.0, clip_skip, (height, width), micro_conditioning)
