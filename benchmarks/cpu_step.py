@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BenchSettings, Runner, Variant, ensure_model, machine_info  # noqa: E402
-
-from latentdiff import fast  # noqa: E402
-from latentdiff.models.attention import set_attention_backend  # noqa: E402
+from latentdiff import fast
+from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info
+from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import BenchSettings, Variant, ensure_model, machine_info, measure_variant, write_json  # noqa: E402
+from latentdiff.bench.harness import BenchSettings, Variant, ensure_model, machine_info, measure_variant
+from latentdiff.fileio import write_json
 
 LEVERS = {"qkv": dict(fused_qkv=True), "compile": dict(compile="default"), "cudagraph": dict(compile="reduce-overhead")}
 
@@ -56,7 +56,7 @@ def main() -> int:
         row = {"name": variant.name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
     result["variants"].append(row)
     result["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    write_json(result, a.out)
+    write_json(a.out, result)
     step = row.get("unet_step", {}).get("median_s")
     print(f"{variant.name}: " + (f"U-Net CFG step {step:.4f} s, {1 / step:.1f} it/s" if step else row.get("error", "")))
     return 0
