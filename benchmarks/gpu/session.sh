@@ -25,7 +25,9 @@
 #   machine start 2-3 min + driver ≤ 10:30 + two transfers ≈ 14 min. Call 1 returns at driver ~8:40 with B-H packed.
 #
 # DRY=1: the same steps on this CPU at toy sizes (tiny layout, 64² images, 2 train-lora steps, fp32; compile rows are
-# skipped, never run on the CPU): DRY=1 bash benchmarks/gpu/session.sh   (about 3 min on 2 idle cores)
+# skipped, never run on the CPU): DRY=1 bash benchmarks/gpu/session.sh; then OUT=/tmp/x bash benchmarks/gpu/poll.sh 1 packs it.
+# Dry run 2026-12-06 after merging main: every step rc 0 in 732 s on 2 cores at load 11-12 (B 158 s, C 127 s, D 280 s,
+# E 67 s; F printed "not yet built"; G ran the SDXL row at toy widths; H and I skipped on the CPU). Timeouts ×6 when DRY.
 set -u
 cd "$(dirname "$0")/../.."
 G=runs/gpu
