@@ -21,10 +21,10 @@ from .models.attention import Attention, scaled_dot_product
 # a GPU run has measured it.
 LEVERS = ("channels_last", "fused_qkv")
 PROVEN: dict[str, tuple[str, ...]] = {
-    "cpu": ("channels_last",),  # bf16 U-Net CFG step 0.69-0.75x diffusers-bf16's CPU time (0.82x ours without it)
-    "cuda": (),
+    "cpu": (),   # channels-last: bf16 step 0.72x diffusers-bf16's CPU time on an AMX CPU (benchmarks/results/cpu_step.json),
+    "cuda": (),  # but wall 0.68x/0.99x in 2 rounds under load and peak RSS unmeasured: awaiting an idle rerun
 }
-EVIDENCE: dict[str, str] = {"cpu": "benchmarks/results/cpu_step.json"}  # 2026-12-06, AMX CPU, SD1.5 512², 2 rounds
+EVIDENCE: dict[str, str] = {}
 VAE_TILE_ABOVE = 1024  # pixels per side: larger images decode in tiles of this size (peak memory stays at 1024² level)
 
 
