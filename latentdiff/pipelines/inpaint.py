@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LatentDiffError
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .image_to_image import check_strength, draw_noise, expand_request, request_params, strength_timesteps, vae_encode
 from .request import check_guidance, check_memory, check_numbers
@@ -48,7 +49,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-            progress: bool = True, callback=None):
+            progress: bool = True, callback=None, controls: list | None = None):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
@@ -91,6 +92,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     guided = guidance_scale > 1.0
     context = pipe.encode_text(req.prompts, req.negatives, guided, clip_skip)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guided)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     b, f = len(gens), pipe.vae_scale_factor
     pixels = init.tensor.expand(b, -1, -1, -1)  # (B, 3, H, W) in [-1, 1]
@@ -110,12 +112,12 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     if mode == "concat":
         masked_latents = vae_encode(pipe.vae, masked_pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
         cond = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 1 + C, h, w)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
+        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
         on_step = None
     else:
         for g in gens:  # diffusers encodes the masked image here too (unused for 4 channels): make the same draw
             torch.randn(shape[1:], generator=g)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
 
         def on_step(i: int, t, x: torch.Tensor) -> torch.Tensor:
             """Put back the known region, noised to the level of the next step (clean after the last)."""
@@ -132,6 +134,6 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     extra = {"Denoising strength": strength, "Init image hash": init.sha, "Mask hash": m.sha,
              "Mask threshold": m.threshold, "Mask blur": mask_blur, "Overlay original": overlay_original,
-             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending"}
+             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending", **control_extra}
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip, extra)
-    return PipelineOutput(images, params)
+    return PipelineOutput(images, with_controls(params, control_units))

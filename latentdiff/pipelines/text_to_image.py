@@ -18,6 +18,7 @@ from ..errors import LatentDiffError
 from ..models.attention import set_attention_backend
 from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .params import GenerationParams
 from .request import check_guidance, check_memory, check_numbers, expand_request, request_params
@@ -206,7 +207,7 @@ class LatentDiffusionPipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-                 progress: bool = True, callback: Callable | None = None) -> PipelineOutput:
+                 progress: bool = True, callback: Callable | None = None, controls: list | None = None) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
         Args:
@@ -223,6 +224,7 @@ class LatentDiffusionPipeline:
             clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
             callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
                 there and decodes the latents reached (the server's progress preview and interrupt).
+            controls: ControlNet units (`latentdiff.pipelines.control.ControlUnit`), each with its image, weight and steps.
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
@@ -239,13 +241,14 @@ class LatentDiffusionPipeline:
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context = self.encode_text(prompts, negatives, guidance_scale > 1.0, clip_skip)
-        model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+        unet, control_extra, control_units = controlled_unet(self, controls, width, height, len(scheduler.timesteps), guidance_scale > 1.0)
+        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
         images = self.to_pil(self.decode(latents))
-        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
-        return PipelineOutput(images, params)
+        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, control_extra)
+        return PipelineOutput(images, with_controls(params, control_units))
 
     def img2img(self, prompt: str | list[str], image, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
         """Redraw an image (path or PIL) under a prompt, to `strength` in (0, 1]; see pipelines.image_to_image.img2img."""
