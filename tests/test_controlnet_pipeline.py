@@ -107,3 +107,17 @@ def test_inpaint_matches_diffusers(tiny_folder, folder9, nets, nine):
     got = pipe.inpaint(PROMPT, picture(41), box_mask(), strength=1.0, num_inference_steps=STEPS, guidance_scale=7.5,
                        sampler="dpmpp_2m", seed=5, overlay_original=False, progress=False, controls=units).images[0]
     assert max_diff(got, want) <= 2
+
+
+def test_single_file_and_folder_draw_identical_pixels(ours, tmp_path):
+    """The A1111 layout (fp16 `control_model.*` safetensors) and the diffusers folder of the same weights."""
+    from latentdiff.checkpoints.controlnet import save_controlnet_single_file
+
+    net = random_controlnet("sd1", seed=13).half().float()  # weights an fp16 file holds exactly
+    folder = save_controlnet_folder(net, tmp_path / "cn-folder")
+    single = save_controlnet_single_file(net, tmp_path / "control_tiny_fp16.safetensors")
+    kw = dict(num_inference_steps=3, guidance_scale=6.0, sampler="euler", seed=1, progress=False)
+    a = ours(PROMPT, controls=[ControlUnit(folder, picture(50), weight=1.2)], **kw)
+    b = ours(PROMPT, controls=[ControlUnit(single, picture(50), weight=1.2)], **kw)
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+    assert b.params[0].extra["ControlNet 0"].split(", ")[1].startswith("Model: control_tiny_fp16 [")

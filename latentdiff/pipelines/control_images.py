@@ -65,11 +65,11 @@ def fit(image: Image.Image, width: int, height: int, mode: str = "crop") -> Imag
     return Image.fromarray(out)
 
 
-def _sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sobel(gray: np.ndarray, border: str = "mirror") -> tuple[np.ndarray, np.ndarray]:
     """3×3 Sobel derivatives (x right, y down) of (H, W) float32, borders reflected as OpenCV's BORDER_REFLECT_101."""
     from scipy import ndimage
 
-    return ndimage.sobel(gray, axis=1, mode="mirror"), ndimage.sobel(gray, axis=0, mode="mirror")
+    return ndimage.sobel(gray, axis=1, mode=border), ndimage.sobel(gray, axis=0, mode=border)
 
 
 def canny(gray: np.ndarray, low: float = 100, high: float = 200) -> np.ndarray:
@@ -78,7 +78,7 @@ def canny(gray: np.ndarray, low: float = 100, high: float = 200) -> np.ndarray:
 
     if not 0 <= low <= high:
         raise LatentDiffError(f"canny thresholds must satisfy 0 ≤ low ≤ high, got {low:g} and {high:g}")
-    gx, gy = _sobel(gray.astype(np.float32))
+    gx, gy = _sobel(gray.astype(np.float32), "nearest")  # OpenCV's Canny replicates the border
     mag = np.abs(gx) + np.abs(gy)
     p = np.pad(mag, 1)  # neighbours outside the image count as 0
     h, w = mag.shape
