@@ -6,6 +6,7 @@ import sys
 
 from ..checkpoints.loader import resolve_model
 from ..errors import LatentDiffError
+from .control import add_control_args, control_units
 from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, report_fast,
                      save_outputs)
 
@@ -16,6 +17,7 @@ def add_generate_parsers(sub) -> None:
     g.add_argument("--replay", metavar="PNG", help="draw again the image a PNG (ours or A1111's) was made with; flags override its settings")
     add_model_args(g)
     add_sampling_args(g)
+    add_control_args(g)
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="describe a model (architecture, native size, sampling defaults) or a LoRA file")
@@ -41,6 +43,7 @@ def cmd_generate(args) -> int:
     num = args.num
     check_request(p, num)
     check_runtime(args)
+    controls = control_units(args)
     paths = output_paths(args.out, num)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
@@ -53,7 +56,7 @@ def cmd_generate(args) -> int:
         pipe.load_lora(path, weight=weight)
     out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
-               clip_skip=p.clip_skip)
+               clip_skip=p.clip_skip, controls=controls)
     return save_outputs(out, paths)
 
 
