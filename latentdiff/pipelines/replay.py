@@ -39,7 +39,8 @@ _A1111_WHY = {"Hires": "hires fix is not one of ours; drawing the first pass", "
               "RNG": "our noise comes from a CPU generator", "VAE": "the model's own VAE is used",
               "TI hashes": "textual-inversion embeddings are not loaded", "Variation seed": "variation seeds are not one of ours",
               "Seed resize from": "seed resizing is not one of ours", "ENSD": "eta noise seed delta is not one of ours",
-              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours"}
+              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours",
+              "ControlNet": "an A1111 PNG does not carry its control images; give --control PATH:IMAGE to draw with it"}
 
 
 @dataclass
