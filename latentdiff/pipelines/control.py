@@ -112,7 +112,8 @@ def load_net(pipe, model, allow_pickle: bool = False):
             raise LatentDiffError(f"ControlNet {model} reads {net.config.unet.cross_attention_dim}-d text embeddings, "
                                   f"this model makes {pipe.unet.config.cross_attention_dim}-d ones (an SD1 ControlNet on SD2, or the reverse)")
         cache[key] = (net, str(model), model_hash(model)[:8])
-    return cache[key]
+    net, path, digest = cache[key]
+    return net.to(pipe.device, pipe.dtype), path, digest  # the pipeline may have moved since
 
 
 def prepare(pipe, unit: ControlUnit, width: int, height: int, allow_pickle: bool = False) -> PreparedUnit:
