@@ -83,7 +83,7 @@ class ControlledUNet:
 
     @property
     def config(self):
-        return self.unet.config
+        return getattr(self.unet, "config", None)
 
     def __call__(self, x: torch.Tensor, t, context: torch.Tensor, **kwargs) -> torch.Tensor:
         i, self.calls = self.calls, self.calls + 1
@@ -127,12 +127,14 @@ def prepare(pipe, unit: ControlUnit, width: int, height: int, allow_pickle: bool
     return PreparedUnit(unit, net, cond.to(pipe.device, pipe.dtype), sha, path, digest)
 
 
-def controlled_unet(pipe, controls: list[ControlUnit] | None, width: int, height: int, steps: int, guided: bool):
-    """(the U-Net to sample with, the PNG entries of the units): pipe.unet itself when there are no controls."""
+def controlled_unet(pipe, controls: list[ControlUnit] | None, width: int, height: int, steps: int, guided: bool, unet=None):
+    """(the U-Net to sample with, the PNG entries of the units, their JSON records): `unet` (default pipe.unet; any
+    callable taking (x, t, context, **kwargs), e.g. one with added conditioning bound) itself when there are no controls."""
+    unet = pipe.unet if unet is None else unet
     if not controls:
-        return pipe.unet, {}, []
+        return unet, {}, []
     units = [prepare(pipe, c, width, height) for c in controls]
-    return ControlledUNet(pipe.unet, units, steps, guided), a1111_units(units, width, height), [unit_record(u) for u in units]
+    return ControlledUNet(unet, units, steps, guided), a1111_units(units, width, height), [unit_record(u) for u in units]
 
 
 def a1111_units(units: list[PreparedUnit], width: int, height: int) -> dict[str, str]:
