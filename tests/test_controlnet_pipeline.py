@@ -121,3 +121,22 @@ def test_single_file_and_folder_draw_identical_pixels(ours, tmp_path):
     b = ours(PROMPT, controls=[ControlUnit(single, picture(50), weight=1.2)], **kw)
     assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
     assert b.params[0].extra["ControlNet 0"].split(", ")[1].startswith("Model: control_tiny_fp16 [")
+
+
+def test_sd2_v_prediction_matches_diffusers(tiny_folder_sd2, tmp_path):
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_folder_sd2, dtype="fp32")
+    net = save_controlnet_folder(random_controlnet("sd2", seed=14), tmp_path / "cn-sd2")
+    unit = ControlUnit(net, picture(60), weight=1.1, start=0.0, end=0.75)
+    ref = theirs(StableDiffusionControlNetPipeline, tiny_folder_sd2, [net], "euler", pipe)
+    want = ref(PROMPT, image=unit.image, num_inference_steps=4, guidance_scale=5.0, height=SIZE, width=SIZE,
+               generator=torch.Generator().manual_seed(3), **their_args([unit], False)).images[0]
+    got = pipe(PROMPT, num_inference_steps=4, guidance_scale=5.0, sampler="euler", seed=3, progress=False, controls=[unit])
+    assert max_diff(got.images[0], want) <= 2
+
+
+def test_controlnet_of_another_family_is_one_line_error(tiny_folder_sd2, nets):
+    from latentdiff.errors import LatentDiffError
+
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_folder_sd2, dtype="fp32")
+    with pytest.raises(LatentDiffError, match="reads 32-d text embeddings, this model makes 48-d ones"):
+        pipe(PROMPT, num_inference_steps=2, progress=False, controls=[ControlUnit(nets[0], picture(1))])
