@@ -131,7 +131,9 @@ def fingerprint(components) -> tuple:
             h.update(tensor.detach().float().cpu().numpy().tobytes())
         for m in module.modules():
             h.update(repr(sorted(k for k in vars(m) if not k.startswith("_"))).encode())
-            h.update(repr((m.training, len(m._forward_hooks), len(m._forward_pre_hooks))).encode())
+            # transformers 5 installs its own output-capturing hooks on the first output_hidden_states call: not ours
+            hooks = (len(m._forward_hooks), len(m._forward_pre_hooks)) if name != "text_encoder" else ()
+            h.update(repr((m.training, hooks)).encode())
     return h.hexdigest(), repr(components.scheduler_config), repr(components.generation), components.kind
 
 

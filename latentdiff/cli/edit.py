@@ -154,5 +154,6 @@ def cmd_inpaint(args) -> int:
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
                        overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
                        sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,
-                       clip_skip=args.clip_skip, schedule=args.schedule or "automatic", controls=controls)
+                       clip_skip=args.clip_skip, schedule=args.schedule or "automatic",
+                       controls=controls)
     return _save(out, paths)

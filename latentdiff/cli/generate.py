@@ -52,12 +52,12 @@ def cmd_generate(args) -> int:
     num = args.num
     check_request(p, num)
     check_runtime(args)
-    controls = control_units(args)
     hires = None
     if args.hires_scale is not None:
         from ..pipelines.hires import HiresFix
 
         hires = HiresFix(args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler)
+    controls = control_units(args)
     paths = output_paths(args.out, num)
     embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,

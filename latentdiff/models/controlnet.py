@@ -108,8 +108,8 @@ class ControlNet(nn.Module):
         self.config = config
         c = config.unet
         ch0, temb_dim = c.block_out_channels[0], c.block_out_channels[0] * 4
-        common = dict(context_dim=c.cross_attention_dim, groups=c.norm_num_groups, eps=c.norm_eps,
-                      linear_proj=c.use_linear_projection)
+        common = dict(context_dim=c.cross_attention_dim, groups=c.norm_num_groups,
+                      eps=c.norm_eps, linear_proj=c.use_linear_projection)
         self.conv_in = nn.Conv2d(c.in_channels, ch0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch0, temb_dim)
         if c.addition_embed_type == "text_time":  # SDXL's added conditioning, as the U-Net's

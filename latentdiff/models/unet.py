@@ -207,14 +207,15 @@ class UNetConfig:
 
 def encoder_blocks(c: UNetConfig, temb_dim: int, common: dict) -> tuple[nn.ModuleList, MidBlock]:
     """The down levels and the middle block: the U-Net's encoder, shared with the ControlNet (models/controlnet.py)."""
-    n, depth = len(c.block_out_channels), c.level_depth
+    n = len(c.block_out_channels)
     down_blocks = nn.ModuleList()
     out_ch = c.block_out_channels[0]
     for i in range(n):
         in_ch, out_ch = out_ch, c.block_out_channels[i]
         down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.level_attention[i],
-                                     heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample, depth=depth[i], **common))
-    return down_blocks, MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], depth=depth[-1], **common)
+                                     heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample,
+                                     depth=c.level_depth[i], **common))
+    return down_blocks, MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], depth=c.level_depth[-1], **common)
 
 
 class UNet(nn.Module):

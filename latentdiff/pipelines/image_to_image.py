@@ -63,7 +63,8 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
             strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
             guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None,
-            micro_conditioning=None, schedule: str = "automatic", controls: list | None = None):
+            micro_conditioning=None, schedule: str = "automatic",
+            controls: list | None = None):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
 
     Args:
