@@ -284,6 +284,8 @@ class LatentDiffusionPipeline:
         if refiner is not None:
             from .sdxl import refine
 
+            if controls:
+                raise LatentDiffError("ControlNets with an SDXL refiner are not supported; draw without --refiner")
             return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
                           num_images=num_images, clip_skip=clip_skip, progress=progress, micro_conditioning=micro_conditioning)
