@@ -143,3 +143,27 @@ def _session_components_unchanged(request):
     yield
     for n in names:
         assert fingerprint(request.getfixturevalue(n)) == before[n], f"{request.node.nodeid} changed the session fixture {n}"
+
+
+from sdxl_fixtures import (tiny_sdxl, tiny_sdxl_folder, tiny_sdxl_inpaint, tiny_sdxl_inpaint_folder,  # noqa: E402,F401
+                           tiny_sdxl_refiner, tiny_sdxl_refiner_folder)
+
+
+def with_text_bias(components, bias: float = 0.5):
+    """A copy of the components whose CLIP final layer norm has a bias: a fresh LayerNorm leaves every token's mean at
+    0, which makes A1111's mean-restoring emphasis divide by ~0 (trained CLIPs have a bias); U-Net and VAE are shared."""
+    import copy
+    import dataclasses
+
+    text = copy.deepcopy(components.text_encoder)
+    with torch.no_grad():
+        getattr(text, "text_model", text).final_layer_norm.bias.fill_(bias)
+    return dataclasses.replace(components, text_encoder=text)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder_biased(tmp_path_factory, tiny_sd1):
+    """The tiny SD1 model with a lively text encoder (with_text_bias), as a diffusers folder: for weighted prompts."""
+    from latentdiff.checkpoints import save_diffusers_folder
+
+    return save_diffusers_folder(with_text_bias(tiny_sd1), tmp_path_factory.mktemp("models") / "tiny-sd1-biased")

@@ -74,7 +74,7 @@ def _sampling(args) -> SimpleNamespace:
 
     s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
                         width=args.width, height=args.height, seed=args.seed, guidance_rescale=args.guidance_rescale,
-                        clip_skip=args.clip_skip)
+                        clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     check_request(s, args.num)
     check_runtime(args)
     return s
@@ -82,12 +82,15 @@ def _sampling(args) -> SimpleNamespace:
 
 def _load_pipeline(args):
     from ..checkpoints.loader import resolve_model
-    from .common import report_fast
+    from .common import read_embeddings_arg, report_fast
     from ..pipelines.text_to_image import LatentDiffusionPipeline
 
+    embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
-                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile)
+                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile,
+                                                   vae=args.vae)
+    pipe.embeddings.update(embeddings)
     report_fast(pipe, args)
     if args.model in (None, "default"):
         pipe.model_name = "default"
@@ -116,7 +119,7 @@ def cmd_img2img(args) -> int:
     pipe = _load_pipeline(args)
     out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
                        guidance_scale=s.guidance, sampler=s.sampler, seed=args.seed, num_images=args.num,
-                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip)
+                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     return _save(out, paths)
 
 
@@ -143,5 +146,5 @@ def cmd_inpaint(args) -> int:
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
                        overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
                        sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,
-                       clip_skip=args.clip_skip)
+                       clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     return _save(out, paths)

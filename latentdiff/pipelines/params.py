@@ -26,6 +26,7 @@ class GenerationParams:
     negative_prompt: str = ""
     steps: int = 25
     sampler: str = "dpmpp_2m"
+    schedule: str = "automatic"     # the sampler's own, or karras, exponential, beta, sgm_uniform, ... (samplers.SCHEDULE_OPTIONS)
     guidance_scale: float = 7.5
     seed: int = 0
     width: int = 512
@@ -44,7 +45,7 @@ class GenerationParams:
         lines = [self.prompt + "".join(f" <lora:{lora_alias(p)}:{w:g}>" for p, w in self.loras)]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        pairs = {"Steps": self.steps, **a1111_fields(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
+        pairs = {"Steps": self.steps, **a1111_fields(self.sampler, self.schedule), "CFG scale": f"{self.guidance_scale:g}",
                  "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
         pairs["RNG"] = "CPU"  # our noise: torch.randn on a CPU generator seeded per image; A1111 ≥ 1.6 then starts from the same
         if self.model_hash:
