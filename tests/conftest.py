@@ -119,7 +119,8 @@ def tiny_single_file(tmp_path_factory, tiny_sd1):
 
 
 def fingerprint(components) -> tuple:
-    """What a test could change on shared components: every tensor (values, dtype, device) and the settings."""
+    """What a test could change on shared components: every tensor (values, dtype, device), the modules' own attributes,
+    train/eval mode, hooks, and the settings."""
     import hashlib
 
     h = hashlib.sha256()
@@ -128,6 +129,11 @@ def fingerprint(components) -> tuple:
         for key, tensor in module.state_dict().items():
             h.update(f"{key}:{tensor.dtype}:{tensor.device}".encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
+        for m in module.modules():
+            h.update(repr(sorted(k for k in vars(m) if not k.startswith("_"))).encode())
+            # transformers 5 installs its own output-capturing hooks on the first output_hidden_states call: not ours
+            hooks = (len(m._forward_hooks), len(m._forward_pre_hooks)) if name != "text_encoder" else ()
+            h.update(repr((m.training, hooks)).encode())
     return h.hexdigest(), repr(components.scheduler_config), repr(components.generation), components.kind
 
 

@@ -6,6 +6,7 @@ import sys
 
 from ..checkpoints.loader import resolve_model
 from ..errors import LatentDiffError
+from .control import add_control_args, control_units
 from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, read_embeddings_arg,
                      report_fast, save_outputs)
 
@@ -25,6 +26,7 @@ def add_generate_parsers(sub) -> None:
     h.add_argument("--hires-strength", type=float, default=0.7, help="second-pass denoising strength (default 0.7)")
     h.add_argument("--hires-upscaler", default="latent", help="latent (bilinear), latent_nearest, latent_nearest_exact, "
                    "latent_bicubic, lanczos (decoded image, re-encoded) or nearest")
+    add_control_args(g)
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="describe a model (architecture, native size, sampling defaults) or a LoRA file")
@@ -55,6 +57,7 @@ def cmd_generate(args) -> int:
         from ..pipelines.hires import HiresFix
 
         hires = HiresFix(args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler)
+    controls = control_units(args)
     paths = output_paths(args.out, num)
     embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
@@ -83,7 +86,7 @@ def cmd_generate(args) -> int:
         draw = partial(hires_fix, pipe, hires=hires)
     out = draw(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
-               clip_skip=p.clip_skip, schedule=p.schedule, **xl)
+               clip_skip=p.clip_skip, schedule=p.schedule, controls=controls, **xl)
     return save_outputs(out, paths)
 
 

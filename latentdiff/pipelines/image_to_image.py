@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LatentDiffError
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .images import ImageInput, InputImage, load_image
 from .request import Request, check_guidance, check_memory, expand_request, request_params  # noqa: F401  (inpaint imports them)
@@ -62,7 +63,8 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
             strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
             guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None,
-            micro_conditioning=None, schedule: str = "automatic"):
+            micro_conditioning=None, schedule: str = "automatic",
+            controls: list | None = None):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
 
     Args:
@@ -90,6 +92,7 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
     context, unet = pipe.condition(req.prompts, req.negatives, guidance_scale > 1.0, clip_skip, (h, w), micro_conditioning)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guidance_scale > 1.0, unet)
     model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
@@ -100,5 +103,5 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     images = pipe.to_pil(pipe.decode(latents))
 
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip,
-                            {"Denoising strength": strength, "Init image hash": init.sha})
-    return PipelineOutput(images, params)
+                            {"Denoising strength": strength, "Init image hash": init.sha, **control_extra})
+    return PipelineOutput(images, with_controls(params, control_units))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LatentDiffError
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .image_to_image import check_strength, draw_noise, expand_request, request_params, strength_timesteps, vae_encode
 from .request import check_guidance, check_memory, check_numbers
@@ -48,7 +49,8 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-            progress: bool = True, callback=None, micro_conditioning=None, schedule: str = "automatic"):
+            progress: bool = True, callback=None, micro_conditioning=None, schedule: str = "automatic",
+            controls: list | None = None):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
@@ -91,6 +93,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     guided = guidance_scale > 1.0
     context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guided, unet)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     b, f = len(gens), pipe.vae_scale_factor
     pixels = init.tensor.expand(b, -1, -1, -1)  # (B, 3, H, W) in [-1, 1]
@@ -132,6 +135,6 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     extra = {"Denoising strength": strength, "Init image hash": init.sha, "Mask hash": m.sha,
              "Mask threshold": m.threshold, "Mask blur": mask_blur, "Overlay original": overlay_original,
-             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending"}
+             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending", **control_extra}
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip, extra)
-    return PipelineOutput(images, params)
+    return PipelineOutput(images, with_controls(params, control_units))

@@ -39,6 +39,7 @@ class GenerationParams:
     dtype: str = ""                 # torch dtype name the image was drawn in ("float32", "bfloat16", ...)
     lora_hashes: dict = field(default_factory=dict)  # {lora path: A1111 "Lora hashes" entry (12 hex)}
     extra: dict = field(default_factory=dict)   # mode-specific settings (img2img strength, mask, input hash, ...)
+    controls: list = field(default_factory=list)  # ControlNet units: settings, files, hashes (pipelines.control.unit_record)
 
     def to_a1111(self) -> str:
         """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs as A1111 ≥ 1.9 reads them."""

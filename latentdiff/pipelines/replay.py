@@ -39,7 +39,8 @@ _A1111_WHY = {"Hires": "not one of ours; the hires pass uses the first pass's se
               "RNG": "our noise comes from a CPU generator", "VAE": "the model's own VAE is used",
               "TI hashes": "embeddings are read from --embeddings-dir by name, not checked by hash", "Variation seed": "variation seeds are not one of ours",
               "Seed resize from": "seed resizing is not one of ours", "ENSD": "eta noise seed delta is not one of ours",
-              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours"}
+              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours",
+              "ControlNet": "an A1111 PNG does not carry its control images; give --control PATH:IMAGE to draw with it"}
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..errors import LatentDiffError
 from ..models.attention import set_attention_backend
 from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .params import GenerationParams
 from .request import check_guidance, check_memory, check_numbers, expand_request, request_params
@@ -252,7 +253,7 @@ class LatentDiffusionPipeline:
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
                  progress: bool = True, callback: Callable | None = None,
                  micro_conditioning=None, refiner: "LatentDiffusionPipeline | None" = None, refiner_switch: float = 0.8,
-                 schedule: str = "automatic",
+                 schedule: str = "automatic", controls: list | None = None,
                  ) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
@@ -275,6 +276,7 @@ class LatentDiffusionPipeline:
             micro_conditioning: SDXL only: a `models.sdxl_text.MicroConditioning` or dict (original_size, crops, ...).
             refiner, refiner_switch: SDXL only: an SDXL refiner pipeline that takes over after `refiner_switch` of the
                 schedule (diffusers' denoising_end / denoising_start; pipelines.sdxl.refine).
+            controls: ControlNet units (`latentdiff.pipelines.control.ControlUnit`), each with its image, weight and steps.
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
@@ -282,6 +284,8 @@ class LatentDiffusionPipeline:
         if refiner is not None:
             from .sdxl import refine
 
+            if controls:
+                raise LatentDiffError("ControlNets with an SDXL refiner are not supported; draw without --refiner")
             return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
                           num_images=num_images, clip_skip=clip_skip, progress=progress, micro_conditioning=micro_conditioning)
@@ -297,13 +301,15 @@ class LatentDiffusionPipeline:
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context, unet = self.condition(prompts, negatives, guidance_scale > 1.0, clip_skip, (height, width), micro_conditioning)
+        unet, control_extra, control_units = controlled_unet(self, controls, width, height, len(scheduler.timesteps),
+                                                             guidance_scale > 1.0, unet)
         model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
         images = self.to_pil(self.decode(latents))
-        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
-        return PipelineOutput(images, params)
+        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, control_extra)
+        return PipelineOutput(images, with_controls(params, control_units))
 
     def img2img(self, prompt: str | list[str], image, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
         """Redraw an image (path or PIL) under a prompt, to `strength` in (0, 1]; see pipelines.image_to_image.img2img."""
