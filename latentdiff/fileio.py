@@ -105,7 +105,7 @@ def read_yaml(path: str | os.PathLike, *, mapping: bool = True) -> Any:
     except FileNotFoundError:
         raise LatentDiffError(f"no such config file: {path}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise LatentDiffError(f"{path} is not a readable YAML file ({str(e).splitlines()[0]})") from None
+        raise LatentDiffError(f"{path} is not a readable YAML file: {str(e).splitlines()[0]}") from None
     if value is None:
         value = {}
     if mapping and not isinstance(value, dict):
@@ -115,12 +115,18 @@ def read_yaml(path: str | os.PathLike, *, mapping: bool = True) -> Any:
 
 def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors file; a missing or damaged file is one line naming it."""
-    from safetensors.torch import load_file
+    return read_safetensors_with_metadata(path, device)[0]
+
+
+def read_safetensors_with_metadata(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a .safetensors file and its header metadata ({} when none); one line when it cannot be read."""
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise LatentDiffError(f"no such weights file: {path}")
     try:
-        return load_file(str(path), device=device)
+        with safe_open(str(path), framework="pt", device=device) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except Exception as e:  # safetensors raises SafetensorError/OSError for truncated or foreign files
         raise LatentDiffError(f"{path} is not a readable .safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

@@ -119,15 +119,15 @@ def tiny_single_file(tmp_path_factory, tiny_sd1):
 
 
 def fingerprint(components) -> tuple:
-    """What a test could change on shared components: every tensor, the settings, and the modules' own attributes
-    (a patched method or hook shows up there)."""
+    """What a test could change on shared components: every tensor (values, dtype, device), the modules' own attributes,
+    train/eval mode, hooks, and the settings."""
     import hashlib
 
     h = hashlib.sha256()
     for name in ("unet", "vae", "text_encoder"):
         module = getattr(components, name)
         for key, tensor in module.state_dict().items():
-            h.update(key.encode())
+            h.update(f"{key}:{tensor.dtype}:{tensor.device}".encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
         for m in module.modules():
             h.update(repr(sorted(k for k in vars(m) if not k.startswith("_"))).encode())

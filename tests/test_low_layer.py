@@ -68,7 +68,7 @@ def test_readers_fail_with_one_line(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     for call, message in [(lambda: read_yaml(tmp_path / "gone.yaml"), "no such config file: "),
-                          (lambda: read_yaml(tmp_path / "bad.yaml"), "bad.yaml is not a readable YAML file ("),
+                          (lambda: read_yaml(tmp_path / "bad.yaml"), "bad.yaml is not a readable YAML file: "),
                           (lambda: read_yaml(tmp_path / "list.yaml"), "list.yaml does not hold a YAML mapping"),
                           (lambda: read_json(tmp_path / "bad.json"), "bad.json is not a readable JSON file ("),
                           (lambda: read_safetensors(tmp_path / "gone.safetensors"), "no such weights file: "),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 
 from ..errors import LatentDiffError
+from ..fileio import read_yaml  # noqa: F401  (the YAML reader is fileio's; single_file imports it from here)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -15,20 +15,6 @@ ASSETS_DIR = PACKAGE_DIR / "assets"
 # top-level configs/ holds recipes (training, LoRA, U-Net variants) that users pass by path.
 CONFIG_DIR = PACKAGE_DIR / "configs"
 PRESET_SECTIONS = ("kind", "tokenizer", "unet", "vae", "text_encoder", "scheduler")
-
-
-def read_yaml(path: str | os.PathLike) -> dict:
-    """A YAML file whose top level is a mapping; LatentDiffError for a missing or malformed file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LatentDiffError(f"no such config file: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise LatentDiffError(f"{path} is not a readable YAML file: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LatentDiffError(f"{path} does not hold a YAML mapping")
-    return data
 
 
 def preset_path(name: str | os.PathLike) -> Path:

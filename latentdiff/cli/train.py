@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+class _Renamed(argparse.Action):
+    """An old flag spelling that still works for one release: stores into the new flag's dest, with a one-line note."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now {self.new}; the old spelling goes away in the next release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """Accept `old` as a hidden spelling of `new` (same dest)."""
+    parser.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +32,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--stage", default="all", choices=["vae", "unet", "decoder", "export", "all"], help="which stage (default all)")
     t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from each stage's latest checkpoint (or, with one --stage, the given checkpoint folder)")
-    t.add_argument("--out", default=None, help="export folder (default OUTPUT_DIR/model)")
+    t.add_argument("--output-dir", default=None, help="the run folder (default: the recipe's output_dir)")
+    t.add_argument("--export-dir", dest="export_dir", default=None, help="export folder (default OUTPUT_DIR/model)")
+    add_renamed(t, "--out", "--export-dir", "export_dir")
     t.set_defaults(func=run_train)
 
     e = subparsers.add_parser("eval", help="judge a model on held-out prompts: accuracy and Fréchet distance in the judge's features")
@@ -26,14 +46,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--guidance", type=float, default=None)
     e.add_argument("--per-prompt", type=int, default=2, help="images per held-out emoji")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", default=None, help="write the numbers to this JSON file")
-    e.add_argument("--work", default="runs/eval", help="folder for the judge and the decoded real images (default runs/eval)")
+    e.add_argument("--out", default=None, help="write the numbers to this JSON file")
+    e.add_argument("--work-dir", default="runs/eval", help="folder for the judge and the decoded real images (default runs/eval)")
+    add_renamed(e, "--json", "--out", "out")
+    add_renamed(e, "--work", "--work-dir", "work_dir")
     e.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import sys
-
     from latentdiff.errors import LatentDiffError
     from latentdiff.training.config import load_config
     from latentdiff.training.stages import run
@@ -45,9 +65,9 @@ def run_train(args: argparse.Namespace) -> int:
         print("note: --resume takes an optional checkpoint now; write `latentdiff train CONFIG --resume`", file=sys.stderr)
     if args.config is None:
         raise LatentDiffError("train needs a YAML recipe (e.g. configs/default-model.yaml)")
-    cfg = load_config(args.config)  # every value checked before anything is cached or trained
+    cfg = load_config(args.config, output_dir=args.output_dir)  # every value checked before anything is cached or trained
     with removed_on_failure(cfg.output_dir):
-        out = run(args.config, stage=args.stage, resume=args.resume, out=args.out)
+        out = run(args.config, stage=args.stage, resume=args.resume, out=args.export_dir, output_dir=args.output_dir)
     if out is not None:
         print(f"model written to {out}")
     return 0

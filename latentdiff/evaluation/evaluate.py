@@ -99,7 +99,7 @@ def main_eval(args) -> int:
     from ..pipelines.text_to_image import LatentDiffusionPipeline
     from ..fileio import write_json
 
-    work = Path(args.work)
+    work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device="cpu", dtype=torch.float32)
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -111,6 +111,6 @@ def main_eval(args) -> int:
     print(f"subgroup accuracy     real {r.acc_subgroup_real:.3f}   generated {r.acc_subgroup_generated:.3f}   (chance {1 / len(judge.subgroups):.3f})")
     print(f"group accuracy        real {r.acc_group_real:.3f}   generated {r.acc_group_generated:.3f}   (chance {1 / len(judge.groups):.3f})")
     print(f"Fréchet distance      generated {r.fd_generated:.2f}   real-vs-real reference {r.fd_real_reference:.2f}")
-    if args.json:
-        write_json(args.json, {**asdict(r), "model": resolve_model(args.model), "judge_classes": len(judge.subgroups)})
+    if args.out:
+        write_json(args.out, {**asdict(r), "model": resolve_model(args.model), "judge_classes": len(judge.subgroups)})
     return 0

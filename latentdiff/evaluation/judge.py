@@ -63,11 +63,10 @@ class Judge(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Judge":
-        from safetensors import safe_open
+        from ..fileio import read_safetensors_with_metadata
 
         try:
-            with safe_open(str(path), "pt") as f:
-                meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+            state, meta = read_safetensors_with_metadata(path)
             judge = cls(JudgeConfig(**json.loads(meta["config"])), json.loads(meta["subgroups"]), json.loads(meta["groups"]))
         except Exception as e:
             raise LatentDiffError(f"{path} is not a judge file ({str(e).splitlines()[0][:100]})") from None

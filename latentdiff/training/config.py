@@ -31,6 +31,10 @@ LIMITS: dict[str, tuple] = {
 }
 
 
+# Other spellings a value may take, the same words the CLI uses (`--dtype fp32` = mixed_precision "no").
+ALIASES: dict[str, dict[str, str]] = {"mixed_precision": {"fp32": "no"}}
+
+
 def check_value(name: str, value: Any, default: Any, limits: dict[str, tuple] | None = None) -> Any:
     """`value` of the kind `default` has and within limits[key]; one line naming the key otherwise. Returns it."""
     limits = LIMITS if limits is None else limits
@@ -110,6 +114,7 @@ def build(cls: type, values: object, where: str = "", *, unknown: str = "unknown
         if key not in known:
             raise LatentDiffError(unknown.format(name=name, key=key))
         default = getattr(defaults, key)
+        value = ALIASES.get(key, {}).get(value, value) if isinstance(value, str) else value
         if is_dataclass(default):
             kwargs[key] = build(type(default), value, name, unknown=unknown, convert=convert, limits=limits)
         elif convert:
@@ -167,7 +172,7 @@ class StageConfig:
     max_minutes: float = 0.0                # >0: also stop (with a checkpoint) after this many minutes of this run; write
                                             # the step reached into max_steps to reproduce the run on any machine
     grad_accum: int = 1
-    mixed_precision: str = "no"             # "no", "bf16", "fp16" (accelerate)
+    mixed_precision: str = "no"             # "no" (also spelt fp32, as --dtype), "bf16", "fp16" (accelerate)
     ema_decay: float = 0.999
     checkpoint_every: int = 200             # steps between checkpoints (checkpoints/step-N, the newest also `latest`)
     keep_checkpoints: int = 2               # the newest N step-N folders are kept
@@ -211,14 +216,17 @@ class TrainConfig:
         return cfg
 
 
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """Read a YAML recipe; unknown keys (also in `unet`) and bad values fail with one line naming the key."""
+def load_config(path: str | os.PathLike, *, output_dir: str | None = None) -> TrainConfig:
+    """Read a YAML recipe; unknown keys (also in `unet`) and bad values fail with one line naming the key.
+    `output_dir` (the CLI's --output-dir) replaces the recipe's."""
     from ..fileio import read_yaml
 
     path = Path(path)
     if not path.is_file():
         raise LatentDiffError(f"config file not found: {path}")
     cfg = build(TrainConfig, read_yaml(path, mapping=False), "")
+    if output_dir:
+        cfg.output_dir = str(output_dir)
     try:
         cfg.unet_config()
     except LatentDiffError as e:

@@ -59,7 +59,7 @@ class LoraTrainConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     optimizer: str = "adamw"                    # "adamw" or "adamw8bit" (needs bitsandbytes)
-    mixed_precision: str = "auto"               # auto: fp16 on CUDA, bf16 on bf16-native CPUs, else no
+    mixed_precision: str = "auto"               # auto: fp16 on CUDA, bf16 on bf16-native CPUs, else no (= fp32)
     gradient_checkpointing: bool = False
     prediction_type: str = ""                   # override the model's ("v_prediction" for SD2-768)
     min_snr_gamma: float = 0.0                  # https://arxiv.org/abs/2303.09556 (5 is typical)

@@ -316,14 +316,14 @@ def export(cfg: TrainConfig, out: str | os.PathLike | None = None, *, dtype: tor
 
 
 def run(config: str | os.PathLike, *, stage: str = "all", resume: str | bool | None = None, out: str | None = None,
-        progress: bool = True) -> Path | None:
+        output_dir: str | None = None, progress: bool = True) -> Path | None:
     """Run one stage or all of them in order (vae → unet → export); `resume` True/"latest" continues each stage from
     its newest checkpoint, a folder (one stage only) from that checkpoint."""
     if stage not in STAGES:
         raise LatentDiffError(f"unknown stage {stage!r} ({', '.join(STAGES)})")
     if isinstance(resume, (str, os.PathLike)) and str(resume) != "latest" and stage in ("all", "export"):
         raise LatentDiffError("--resume CHECKPOINT names one stage's checkpoint; add --stage vae, unet or decoder")
-    cfg = load_config(config)
+    cfg = load_config(config, output_dir=output_dir)
     if stage in ("vae", "all"):
         train_vae(cfg, resume=resume, progress=progress)
     if stage in ("unet", "all"):
