@@ -17,6 +17,7 @@ DISPLAY = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
+    "lcm": "LCM",
 }
 _BY_DISPLAY = {display: name for name, display in DISPLAY.items()}
 
@@ -28,3 +29,29 @@ def check_sampler(name: str) -> str:
     if name in _BY_DISPLAY:
         return _BY_DISPLAY[name]
     raise LatentDiffError(f"unknown sampler {name!r}; choose one of {', '.join(DISPLAY)}")
+
+
+# our schedule name → A1111's "Schedule type" label (A1111 ≥ 1.9, ComfyUI's scheduler names); the last three are
+# diffusers' timestep spacings by name, which A1111 has no label for
+SCHEDULES = {
+    "automatic": "Automatic",
+    "uniform": "Uniform",
+    "karras": "Karras",
+    "exponential": "Exponential",
+    "beta": "Beta",
+    "sgm_uniform": "SGM Uniform",
+    "simple": "Simple",
+    "trailing": "trailing",
+    "leading": "leading",
+    "linspace": "linspace",
+}
+_SCHEDULE_BY_LABEL = {label: name for name, label in SCHEDULES.items()}
+
+
+def check_schedule(name: str) -> str:
+    """Accept our schedule name or A1111's label ("Karras", "SGM Uniform"); fail with one line otherwise."""
+    if name in SCHEDULES:
+        return name
+    if name in _SCHEDULE_BY_LABEL:
+        return _SCHEDULE_BY_LABEL[name]
+    raise LatentDiffError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

@@ -25,6 +25,7 @@ A1111_TABLE = {
     "dpmpp_2m": ({"Sampler": "DPM++ 2M", "Schedule type": "Uniform"}, ("DPM++ 2M", "Uniform")),
     "dpmpp_2m_karras": ({"Sampler": "DPM++ 2M", "Schedule type": "Karras"}, ("DPM++ 2M", "Karras")),
     "unipc": ({"Sampler": "UniPC"}, ("UniPC", "DDIM timesteps")),
+    "lcm": ({"Sampler": "LCM"}, ("LCM", "its own sigmas; ours are LCMScheduler's skipping timesteps")),
 }
 
 
@@ -55,8 +56,9 @@ READ_TABLE = [
     ({"Sampler": "DDPM"}, "ddpm", 0),                                                       # what latentdiff wrote before
     ({"Sampler": "DDIM", "Eta DDIM": "1"}, "ddpm", 0),
     ({"Sampler": "DDIM", "Eta DDIM": "0.5"}, "ddim", 1),
-    ({"Sampler": "Euler", "Schedule type": "Karras"}, "euler", 1),                          # no Euler Karras here
-    ({"Sampler": "DPM++ 2M", "Schedule type": "Exponential"}, "dpmpp_2m", 1),
+    ({"Sampler": "Euler", "Schedule type": "Karras"}, "euler", 0),       # the schedule is read by schedule_from_a1111
+    ({"Sampler": "DPM++ 2M", "Schedule type": "Exponential"}, "dpmpp_2m", 0),   # (test_schedules); no notice since issue 17
+    ({"Sampler": "Euler a", "Schedule type": "Karras"}, "euler_a", 1),           # diffusers' Euler a has no Karras sigmas
     ({"Sampler": "DPM++ SDE", "Schedule type": "Karras"}, None, 1),
     ({"Sampler": "Restart"}, None, 1),
 ]
@@ -143,7 +145,7 @@ def test_our_text_names_the_cpu_noise_and_reads_back_without_notices(tiny_folder
                          height=48, guidance_scale=4.5, clip_skip=1, model=str(tiny_folder), model_hash=model_hash(tiny_folder))
     assert "RNG: CPU" in p.to_a1111()
     src = from_a1111(p.to_a1111())
-    assert src.notices == ["prompt weighting like (word), (word:1.2) or [word] is not one of ours; the text is used as written"]
+    assert src.notices == []  # A1111's emphasis is read as A1111 reads it (models.prompt_syntax)
     q = src.params
     assert (q.prompt, q.negative_prompt, q.sampler, q.steps, q.seed, q.width, q.height, q.guidance_scale, q.clip_skip,
             q.model_hash, src.model_name) == ("a (red) cat", "dog", "dpmpp_2m_karras", 7, 3, 64, 48, 4.5, 1,

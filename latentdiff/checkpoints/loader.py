@@ -197,10 +197,14 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
+    from .direct import DEFAULT_TOKENIZER, direct_text_encoder, direct_vae  # cold-start fast paths, None when not plain
+
     unet_dir = path / "unet"
     config = UNetConfig.from_folder_config(_read_json(unet_dir / "config.json"))
     unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
-    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
+    vae = direct_vae(path / "vae")
+    if vae is None:
+        vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
     kind = "sd2" if config.use_linear_projection else "sd1"
     xl: dict = {}
     if config.addition_embed_type == "text_time":  # SDXL: a second encoder; the refiner has only that one
@@ -213,8 +217,14 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
         xl = dict(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, extra=sdxl.read_options(index, kind))
     text_encoder = tokenizer = None
     if kind != "sdxl_refiner":
-        text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle).eval()
-        tokenizer = load_tokenizer(path / "tokenizer", "sd2" if kind == "sd2" else "sd1")
+        text_encoder = direct_text_encoder(path / "text_encoder")
+        if text_encoder is None:
+            text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle)
+        text_encoder = text_encoder.eval()
+        tokenizer_dir = path / "tokenizer"
+        if tokenizer_dir.resolve() == DEFAULT_TOKENIZER:  # the embedded model: the same tables as vocab+merges, 6x faster
+            tokenizer_dir = bundled_tokenizer_dir("sd1")
+        tokenizer = load_tokenizer(tokenizer_dir, "sd2" if kind == "sd2" else "sd1")
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
     if prediction_type:
         scheduler_config["prediction_type"] = prediction_type

@@ -53,6 +53,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
     p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
     p.add_argument("--vae", metavar="PATH", help="a separate VAE (diffusers vae folder or .safetensors) instead of the model's")
 
 
@@ -64,12 +65,24 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ (0.7 for v-prediction)")
     p.add_argument("--clip-skip", type=int, default=0, help="use the n-th last CLIP layer")
     p.add_argument("--sampler", default=None, help="dpmpp_2m (default, unless the model's generation_config.json says otherwise), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
+    p.add_argument("--schedule", default=None, help="sigma/timestep schedule (A1111's Schedule type): automatic (the sampler's own), "
+                   "uniform, karras, exponential, beta, sgm_uniform, simple, trailing, leading, linspace")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the PNG)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--num", type=int, default=1, help="images per prompt")
     p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:WEIGHT]", help="LoRA file, repeatable")
     p.add_argument("--out", help="output PNG (default: the next numbered file in the current folder)")
+    p.add_argument("--embeddings-dir", metavar="DIR", help="textual-inversion embeddings, used in the prompt by file name (as A1111's folder)")
+
+
+def read_embeddings_arg(args) -> dict:
+    """The embeddings `--embeddings-dir` names (read before the model loads, so a bad file fails early); {} without it."""
+    if not getattr(args, "embeddings_dir", None):
+        return {}
+    from ..checkpoints.embeddings import read_embeddings
+
+    return read_embeddings(args.embeddings_dir, allow_pickle=args.allow_pickle)
 
 
 def output_paths(out: str | None, count: int) -> list[Path | None]:
@@ -124,6 +137,13 @@ def check_request(p, num: int) -> None:
         raise LatentDiffError(f"steps must be a positive integer, got {p.steps}")
     if p.sampler is not None:
         check_sampler(p.sampler)
+    if getattr(p, "schedule", None) is not None:
+        from ..pipelines.samplers import check_schedule, schedule_options
+
+        if p.sampler is None:
+            check_schedule(p.schedule)
+        else:
+            schedule_options(p.sampler, p.schedule)
     if getattr(p, "seed", None) is not None:
         check_seed(p.seed, num)
     guidance = getattr(p, "guidance", getattr(p, "guidance_scale", None))  # a namespace of flags or GenerationParams
@@ -135,9 +155,13 @@ def check_request(p, num: int) -> None:
 def check_runtime(args) -> None:
     """--device, --dtype and --attention known here, before any model loads."""
     from ..models.attention import BACKENDS
-    from ..runtime import parse_device, parse_dtype
+    from ..runtime import parse_device, parse_dtype, configure_threads
 
-    parse_dtype(args.dtype, parse_device(args.device))
+    device = parse_device(args.device)
+    parse_dtype(args.dtype, device)
+    hint = configure_threads(getattr(args, "threads", None))  # --threads N; else a hint when the CPU is oversubscribed
+    if hint and device.type == "cpu" and sys.stderr.isatty():  # for people at a terminal; logs and tests stay clean
+        print(hint, file=sys.stderr)
     if args.attention not in BACKENDS:
         raise LatentDiffError(f"unknown attention {args.attention!r}; choose one of {', '.join(BACKENDS)}")
 

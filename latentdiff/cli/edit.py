@@ -9,6 +9,7 @@ from types import SimpleNamespace
 def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `img2img` and `inpaint` to the main parser's subparsers."""
     from .common import add_model_args, add_sampling_args
+    from .control import add_control_args
 
     i = subparsers.add_parser("img2img", help="redraw an image under a prompt",
                               description="Encode IMAGE with the VAE, noise it to --strength, denoise it under PROMPT.")
@@ -19,6 +20,7 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="share of the schedule re-run, in (0, 1]: low keeps the input, 1 redraws (default 0.75)")
     add_model_args(i)
     add_sampling_args(i)
+    add_control_args(i)
     i.set_defaults(func=cmd_img2img)
 
     p = subparsers.add_parser("inpaint", help="repaint the white part of a mask",
@@ -38,6 +40,7 @@ def add_edit_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="share of the schedule re-run, in (0, 1] (default 1: the masked region starts from noise)")
     add_model_args(p)
     add_sampling_args(p)
+    add_control_args(p)
     p.set_defaults(func=cmd_inpaint)
 
 
@@ -74,7 +77,7 @@ def _sampling(args) -> SimpleNamespace:
 
     s = SimpleNamespace(steps=args.steps, sampler=args.sampler, guidance=args.guidance,  # None: the model's default
                         width=args.width, height=args.height, seed=args.seed, guidance_rescale=args.guidance_rescale,
-                        clip_skip=args.clip_skip)
+                        clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     check_request(s, args.num)
     check_runtime(args)
     return s
@@ -82,13 +85,15 @@ def _sampling(args) -> SimpleNamespace:
 
 def _load_pipeline(args):
     from ..checkpoints.loader import resolve_model
-    from .common import report_fast
+    from .common import read_embeddings_arg, report_fast
     from ..pipelines.text_to_image import LatentDiffusionPipeline
 
+    embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    prediction_type=args.prediction_type, fast=args.fast, compile=args.compile,
                                                    vae=args.vae)
+    pipe.embeddings.update(embeddings)
     report_fast(pipe, args)
     if args.model in (None, "default"):
         pipe.model_name = "default"
@@ -105,6 +110,7 @@ def _save(out, paths) -> int:
 
 def cmd_img2img(args) -> int:
     from .common import output_paths
+    from .control import control_units
     from ..pipelines.image_to_image import check_strength
     from ..pipelines.images import load_image
 
@@ -113,16 +119,19 @@ def cmd_img2img(args) -> int:
     strength = check_strength(args.strength)
     init = load_image(args.image, args.width, args.height)
     _check_inputs(args.replay, expected, {"image": init.sha})
+    controls = control_units(args)
     paths = output_paths(args.out, args.num)
     pipe = _load_pipeline(args)
     out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
                        guidance_scale=s.guidance, sampler=s.sampler, seed=args.seed, num_images=args.num,
-                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip)
+                       guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip, schedule=args.schedule or "automatic",
+                       controls=controls)
     return _save(out, paths)
 
 
 def cmd_inpaint(args) -> int:
     from .common import output_paths
+    from .control import control_units
     from ..errors import LatentDiffError
     from ..pipelines.image_to_image import check_strength
     from ..pipelines.images import load_image, load_mask
@@ -139,10 +148,12 @@ def cmd_inpaint(args) -> int:
     check_mask_blur(args.mask_blur, *init.size)
     mask = load_mask(args.mask, init, args.mask_threshold)
     _check_inputs(args.replay, expected, {"image": init.sha, "mask": mask.sha})
+    controls = control_units(args)
     paths = output_paths(args.out, args.num)
     pipe = _load_pipeline(args)
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
                        overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
                        sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,
-                       clip_skip=args.clip_skip)
+                       clip_skip=args.clip_skip, schedule=args.schedule or "automatic",
+                       controls=controls)
     return _save(out, paths)

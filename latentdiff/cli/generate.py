@@ -6,8 +6,9 @@ import sys
 
 from ..checkpoints.loader import resolve_model
 from ..errors import LatentDiffError
-from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, report_fast,
-                     save_outputs)
+from .control import add_control_args, control_units
+from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, read_embeddings_arg,
+                     report_fast, save_outputs)
 
 def add_generate_parsers(sub) -> None:
     """`generate` (a prompt, or --replay PNG) and `info` (a model or a LoRA file)."""
@@ -19,6 +20,13 @@ def add_generate_parsers(sub) -> None:
     g.add_argument("--refiner", metavar="PATH", help="SDXL refiner (folder or file) that finishes the base's image")
     g.add_argument("--refiner-switch", type=float, default=0.8, metavar="F",
                    help="fraction of the schedule the base runs before the refiner takes over (default 0.8)")
+    h = g.add_argument_group("hires fix (A1111's: draw at the base size, upscale, redraw as img2img)")
+    h.add_argument("--hires-scale", type=float, default=None, help="turn the hires fix on: final size = base × SCALE (A1111's Hires upscale)")
+    h.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default 0: as many as --steps)")
+    h.add_argument("--hires-strength", type=float, default=0.7, help="second-pass denoising strength (default 0.7)")
+    h.add_argument("--hires-upscaler", default="latent", help="latent (bilinear), latent_nearest, latent_nearest_exact, "
+                   "latent_bicubic, lanczos (decoded image, re-encoded) or nearest")
+    add_control_args(g)
     g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("info", help="describe a model (architecture, native size, sampling defaults) or a LoRA file")
@@ -39,12 +47,19 @@ def cmd_generate(args) -> int:
     p = GenerationParams(prompt=args.prompt, negative_prompt=args.negative,  # None: the model's default (pipe.sampling_settings)
                          steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
                          seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
-                         clip_skip=args.clip_skip)
+                         clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
     model, loras = args.model, args.lora
     num = args.num
     check_request(p, num)
     check_runtime(args)
+    hires = None
+    if args.hires_scale is not None:
+        from ..pipelines.hires import HiresFix
+
+        hires = HiresFix(args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler)
+    controls = control_units(args)
     paths = output_paths(args.out, num)
+    embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    fast=args.fast, compile=args.compile,
@@ -61,9 +76,17 @@ def cmd_generate(args) -> int:
         xl = dict(refiner_switch=check_switch(args.refiner_switch),
                   refiner=LatentDiffusionPipeline.from_pretrained(args.refiner, device=args.device, dtype=args.dtype,
                                                                   attention=args.attention, allow_pickle=args.allow_pickle))
-    out = pipe(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
+    pipe.embeddings.update(embeddings)
+    draw = pipe
+    if hires is not None:
+        from functools import partial
+
+        from ..pipelines.hires import hires_fix
+
+        draw = partial(hires_fix, pipe, hires=hires)
+    out = draw(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
-               clip_skip=p.clip_skip, **xl)
+               clip_skip=p.clip_skip, schedule=p.schedule, controls=controls, **xl)
     return save_outputs(out, paths)
 
 

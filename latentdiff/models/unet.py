@@ -205,6 +205,19 @@ class UNetConfig:
         }
 
 
+def encoder_blocks(c: UNetConfig, temb_dim: int, common: dict) -> tuple[nn.ModuleList, MidBlock]:
+    """The down levels and the middle block: the U-Net's encoder, shared with the ControlNet (models/controlnet.py)."""
+    n = len(c.block_out_channels)
+    down_blocks = nn.ModuleList()
+    out_ch = c.block_out_channels[0]
+    for i in range(n):
+        in_ch, out_ch = out_ch, c.block_out_channels[i]
+        down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.level_attention[i],
+                                     heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample,
+                                     depth=c.level_depth[i], **common))
+    return down_blocks, MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], depth=c.level_depth[-1], **common)
+
+
 class UNet(nn.Module):
     """Conditional U-Net ε/v-predictor: (noisy latents, timestep, text embeddings) → (B, out_channels, h, w)."""
 
@@ -221,13 +234,7 @@ class UNet(nn.Module):
             self.add_embedding = TimestepEmbedding(c.projection_class_embeddings_input_dim, temb_dim)
 
         n = len(c.block_out_channels)
-        self.down_blocks = nn.ModuleList()
-        out_ch = ch0
-        for i in range(n):
-            in_ch, out_ch = out_ch, c.block_out_channels[i]
-            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.level_attention[i],
-                                              heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample, depth=depth[i], **common))
-        self.mid_block = MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], depth=depth[-1], **common)
+        self.down_blocks, self.mid_block = encoder_blocks(c, temb_dim, common)
 
         rev_ch, rev_attn, rev_heads, rev_depth = c.block_out_channels[::-1], c.level_attention[::-1], c.num_heads[::-1], depth[::-1]
         self.up_blocks = nn.ModuleList()
@@ -265,11 +272,16 @@ class UNet(nn.Module):
         return self.add_embedding(torch.cat([text, feats.to(text.dtype)], dim=-1).to(self.dtype))  # (B, 4·ch0)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
-                x_self_cond: torch.Tensor | None = None, added_cond_kwargs: dict | None = None) -> torch.Tensor:
+                x_self_cond: torch.Tensor | None = None, added_cond_kwargs: dict | None = None,
+                down_block_additional_residuals: list[torch.Tensor] | None = None,
+                mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
         """sample (B, C_in, h, w), timestep scalar or (B,), encoder_hidden_states (B, T, D) → (B, C_out, h, w).
 
         With `self_condition`, x_self_cond (B, C_out, h, w) is the previous x0 estimate (zeros when None).
         SDXL ("text_time") needs added_cond_kwargs {"text_embeds": (B, P) pooled text, "time_ids": (B, 6) numbers}.
+        A ControlNet's outputs (models/controlnet.py) are added to the skip features (one residual per skip, in
+        order) and to the middle block's output, as diffusers' `down_block_additional_residuals` and
+        `mid_block_additional_residual`.
         """
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device)
@@ -294,7 +306,14 @@ class UNet(nn.Module):
             sizes.extend(tuple(s.shape[-2:]) for s in block_skips)
             if keep:
                 skips.extend(block_skips)
+        if down_block_additional_residuals is not None:  # ControlNet (Zhang et al. 2023, https://arxiv.org/abs/2302.05543)
+            if not keep or len(down_block_additional_residuals) != len(skips):
+                raise LatentDiffError(f"{len(down_block_additional_residuals)} ControlNet residuals for "
+                                      f"{len(skips) if keep else 0} skip features of this U-Net")
+            skips = [s + r for s, r in zip(skips, down_block_additional_residuals)]
         x = self.mid_block(x, temb, context)
+        if mid_block_additional_residual is not None:
+            x = x + mid_block_additional_residual
         for i, block in enumerate(self.up_blocks):
             n_skip = len(block.resnets)
             level_skips = skips[-n_skip:] if keep else []

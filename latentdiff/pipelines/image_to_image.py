@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LatentDiffError
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .images import ImageInput, InputImage, load_image
 from .request import Request, check_guidance, check_memory, expand_request, request_params  # noqa: F401  (inpaint imports them)
@@ -62,7 +63,8 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
             strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
             guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None,
-            micro_conditioning=None):
+            micro_conditioning=None, schedule: str = "automatic",
+            controls: list | None = None):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
 
     Args:
@@ -78,27 +80,28 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
 
     strength = check_strength(strength)
     num_inference_steps, guidance_scale, sampler = pipe.sampling_settings(num_inference_steps, guidance_scale, sampler)
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     check_plain_unet(pipe)
     init = image if isinstance(image, InputImage) else load_image(image, width, height, pipe.vae_scale_factor)
     w, h = init.size
     check_size(w, h, pipe.vae_scale_factor)
     check_guidance(guidance_scale, guidance_rescale)
     check_memory(pipe, w, h, len(req.prompts))
-    scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
     context, unet = pipe.condition(req.prompts, req.negatives, guidance_scale > 1.0, clip_skip, (h, w), micro_conditioning)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guidance_scale > 1.0, unet)
     model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
-    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, pipe.dtype)  # first draw of each generator
-    noise = draw_noise(gens, init_latents.shape).to(pipe.device, pipe.dtype)       # second draw
+    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, torch.float32)  # first draw of each generator
+    noise = draw_noise(gens, init_latents.shape).to(pipe.device, torch.float32)   # second draw
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(gens)))
     latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
 
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip,
-                            {"Denoising strength": strength, "Init image hash": init.sha})
-    return PipelineOutput(images, params)
+                            {"Denoising strength": strength, "Init image hash": init.sha, **control_extra})
+    return PipelineOutput(images, with_controls(params, control_units))

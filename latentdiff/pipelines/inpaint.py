@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LatentDiffError
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .image_to_image import check_strength, draw_noise, expand_request, request_params, strength_timesteps, vae_encode
 from .request import check_guidance, check_memory, check_numbers
@@ -48,7 +49,8 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-            progress: bool = True, callback=None, micro_conditioning=None):
+            progress: bool = True, callback=None, micro_conditioning=None, schedule: str = "automatic",
+            controls: list | None = None):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
@@ -74,7 +76,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
         raise LatentDiffError(f"mask blur must be ≥ 0 pixels, got {mask_blur}")
     if mask_blur and not overlay_original:
         raise LatentDiffError("mask blur feathers the overlay of the original; it has no effect with the overlay off")
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     mode = unet_mode(pipe)
     init = image if isinstance(image, InputImage) else load_image(image, width, height, pipe.vae_scale_factor)
     m = mask if isinstance(mask, InputMask) else load_mask(mask, init, mask_threshold)
@@ -85,20 +87,21 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     check_mask_blur(mask_blur, w, h)
     check_guidance(guidance_scale, guidance_rescale)
     check_memory(pipe, w, h, len(req.prompts))
-    scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
     guided = guidance_scale > 1.0
     context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guided, unet)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     b, f = len(gens), pipe.vae_scale_factor
     pixels = init.tensor.expand(b, -1, -1, -1)  # (B, 3, H, W) in [-1, 1]
     shape = (b, pipe.vae.config.latent_channels, h // f, w // f)
     image_latents = None
     if mode == "blend" or strength < 1.0:
-        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
-    noise = draw_noise(gens, shape).to(pipe.device, pipe.dtype)
+        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, torch.float32)  # (B, C, h, w), fp32 like the sampler
+    noise = draw_noise(gens, shape).to(pipe.device, torch.float32)
     if strength < 1.0:
         latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(b))
     else:
@@ -132,6 +135,6 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
 
     extra = {"Denoising strength": strength, "Init image hash": init.sha, "Mask hash": m.sha,
              "Mask threshold": m.threshold, "Mask blur": mask_blur, "Overlay original": overlay_original,
-             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending"}
+             "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending", **control_extra}
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip, extra)
-    return PipelineOutput(images, params)
+    return PipelineOutput(images, with_controls(params, control_units))

@@ -26,6 +26,7 @@ class GenerationParams:
     negative_prompt: str = ""
     steps: int = 25
     sampler: str = "dpmpp_2m"
+    schedule: str = "automatic"     # the sampler's own, or karras, exponential, beta, sgm_uniform, ... (samplers.SCHEDULE_OPTIONS)
     guidance_scale: float = 7.5
     seed: int = 0
     width: int = 512
@@ -38,13 +39,14 @@ class GenerationParams:
     dtype: str = ""                 # torch dtype name the image was drawn in ("float32", "bfloat16", ...)
     lora_hashes: dict = field(default_factory=dict)  # {lora path: A1111 "Lora hashes" entry (12 hex)}
     extra: dict = field(default_factory=dict)   # mode-specific settings (img2img strength, mask, input hash, ...)
+    controls: list = field(default_factory=list)  # ControlNet units: settings, files, hashes (pipelines.control.unit_record)
 
     def to_a1111(self) -> str:
         """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs as A1111 ≥ 1.9 reads them."""
         lines = [self.prompt + "".join(f" <lora:{lora_alias(p)}:{w:g}>" for p, w in self.loras)]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
-        pairs = {"Steps": self.steps, **a1111_fields(self.sampler), "CFG scale": f"{self.guidance_scale:g}",
+        pairs = {"Steps": self.steps, **a1111_fields(self.sampler, self.schedule), "CFG scale": f"{self.guidance_scale:g}",
                  "Seed": self.seed, "Size": f"{self.width}x{self.height}"}
         pairs["RNG"] = "CPU"  # our noise: torch.randn on a CPU generator seeded per image; A1111 ≥ 1.6 then starts from the same
         if self.model_hash:

@@ -18,7 +18,7 @@ from PIL import Image
 from ..errors import LatentDiffError
 from ..hashes import legacy_model_hash, lora_hash, model_hash
 from .params import JSON_KEY, GenerationParams, parse_a1111
-from .samplers import sampler_from_a1111
+from .samplers import sampler_from_a1111, schedule_from_a1111
 
 # flags whose parser default is not None: given on the command line when the value differs from these
 FLAG_DEFAULTS = {"negative": "", "guidance_rescale": 0.0, "clip_skip": 0, "dtype": "auto", "num": 1}
@@ -31,15 +31,16 @@ REPLAYED = {"img2img": {"Denoising strength": ("strength", float)},
 DTYPE_FLAGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 MODEL_SUFFIXES = ("", ".safetensors", ".ckpt")
 _NETWORK_TAG = re.compile(r"\s*<(lora|lyco|hypernet):([^:>]+)(?::([^:>]*))?[^>]*>")
-_WEIGHTED = re.compile(r"(?<!\\)[(\[]")  # A1111 emphasis: (word), (word:1.2), [word]; \( is a literal bracket
 # A1111 keys read into GenerationParams (or checked) by `from_a1111`; every other key is a notice
 _A1111_READ = {"Steps", "Sampler", "Schedule type", "Eta DDIM", "CFG scale", "Seed", "Size", "Model hash", "Model",
-               "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash"}
-_A1111_WHY = {"Hires": "hires fix is not one of ours; drawing the first pass", "Face restoration": "face restoration is not one of ours",
+               "Clip skip", "CFG Rescale", "Lora hashes", "Version", "Denoising strength", "Init image hash", "Mask hash",
+               "Hires upscale", "Hires steps", "Hires upscaler"}
+_A1111_WHY = {"Hires": "not one of ours; the hires pass uses the first pass's setting", "Face restoration": "face restoration is not one of ours",
               "RNG": "our noise comes from a CPU generator", "VAE": "the model's own VAE is used",
-              "TI hashes": "textual-inversion embeddings are not loaded", "Variation seed": "variation seeds are not one of ours",
+              "TI hashes": "embeddings are read from --embeddings-dir by name, not checked by hash", "Variation seed": "variation seeds are not one of ours",
               "Seed resize from": "seed resizing is not one of ours", "ENSD": "eta noise seed delta is not one of ours",
-              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours"}
+              "Refiner": "refiner models are not one of ours", "ADetailer": "ADetailer is not one of ours",
+              "ControlNet": "an A1111 PNG does not carry its control images; give --control PATH:IMAGE to draw with it"}
 
 
 @dataclass
@@ -82,8 +83,6 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
     notices: list[str] = []
     networks = [(m.group(1), m.group(2), m.group(3)) for m in _NETWORK_TAG.finditer(prompt)]
     prompt = _NETWORK_TAG.sub("", prompt).strip()
-    if _WEIGHTED.search(prompt) or _WEIGHTED.search(negative):
-        notices.append("prompt weighting like (word), (word:1.2) or [word] is not one of ours; the text is used as written")
     hashes = dict(_split_pairs(kv.get("Lora hashes", "")))
     loras = []
     for kind, name, weight in networks:
@@ -97,7 +96,7 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
         sampler = "dpmpp_2m"
         notices[-1] += "; drawing with dpmpp_2m"
     width, _, height = kv.get("Size", "512x512").partition("x")
-    p = GenerationParams(prompt=prompt, negative_prompt=negative, sampler=sampler,
+    p = GenerationParams(prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule_from_a1111(kv),
                          steps=int(_number(kv.get("Steps"), 20, "Steps", notices)),
                          guidance_scale=_number(kv.get("CFG scale"), 7.0, "CFG scale", notices),
                          seed=int(_number(kv.get("Seed"), 0, "Seed", notices)),
@@ -108,9 +107,9 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
     for key in ("Denoising strength", "Init image hash", "Mask hash"):
         if key in kv:
             p.extra[key] = kv[key]
-    hires = any(k.startswith("Hires") for k in kv)
-    if "Denoising strength" in kv and hires:
-        del p.extra["Denoising strength"]  # the hires pass's strength, not an img2img one
+    for key in ("Hires upscale", "Hires steps", "Hires upscaler"):  # the hires fix (pipelines.hires) reads them back
+        if key in kv:
+            p.extra[key] = kv[key]
     for key, value in kv.items():
         if key not in _A1111_READ and not (key == "RNG" and value == "CPU"):
             why = next((w for prefix, w in _A1111_WHY.items() if key.startswith(prefix)), "not one of ours")
@@ -188,9 +187,10 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
                               f" --replay {args.replay}`")
     lines = [f"note: {n}" for n in src.notices]
     for name, value in (("prompt", p.prompt), ("negative", p.negative_prompt), ("steps", p.steps), ("sampler", p.sampler),
+                        ("schedule", p.schedule),
                         ("guidance", p.guidance_scale), ("seed", p.seed), ("width", p.width), ("height", p.height),
                         ("guidance_rescale", p.guidance_rescale), ("clip_skip", p.clip_skip)):
-        if getattr(args, name) == FLAG_DEFAULTS.get(name):
+        if getattr(args, name, None) == FLAG_DEFAULTS.get(name):
             setattr(args, name, value)
     if args.dtype == "auto" and p.dtype:
         args.dtype = DTYPE_FLAGS.get(p.dtype, p.dtype)
@@ -209,6 +209,11 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
             lines.append("note: an A1111 PNG does not say which input picture it was drawn from; --image is not checked")
         else:
             expected = {"image": p.extra["Init image hash"], "mask": p.extra.get("Mask hash", "")}
+    elif mode == "generate" and "Hires upscale" in p.extra:
+        if getattr(args, "hires_scale", None) is None:
+            args.hires_scale, args.hires_steps = float(p.extra["Hires upscale"]), int(p.extra.get("Hires steps", 0) or 0)
+            args.hires_strength = float(p.extra.get("Denoising strength", 0.7))
+            args.hires_upscaler = str(p.extra.get("Hires upscaler", "Latent"))
     elif src.origin == "a1111" and "Denoising strength" in p.extra:
         lines.append("note: this PNG was drawn by img2img from an input picture it does not carry; drawing it from noise")
     return lines, expected

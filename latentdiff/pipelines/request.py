@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import LatentDiffError
 from .params import GenerationParams
-from .samplers import check_sampler
+from .samplers import check_sampler, check_schedule, schedule_options
 
 
 @dataclass
@@ -19,10 +19,11 @@ class Request:
     negatives: list[str]
     seeds: list[int]
     sampler: str
+    schedule: str = "automatic"
 
 
 def expand_request(prompt: str | list[str], negative_prompt: str | list[str], num_images: int, seed: int | None,
-                   num_inference_steps: int, sampler: str) -> Request:
+                   num_inference_steps: int, sampler: str, schedule: str = "automatic") -> Request:
     """Check the sampling settings and expand prompts × num_images (seeds seed, seed+1, ... as text-to-image)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -33,10 +34,12 @@ def expand_request(prompt: str | list[str], negative_prompt: str | list[str], nu
     if num_images <= 0:
         raise LatentDiffError(f"num_images must be positive, got {num_images}")
     sampler = check_sampler(sampler)
+    schedule = check_schedule(schedule)
+    schedule_options(sampler, schedule)  # refuses a schedule the sampler has no option for
     seed = random.randrange(2**32) if seed is None else check_seed(seed, len(prompts) * num_images)
     prompts = [p for p in prompts for _ in range(num_images)]
     negatives = [n for n in negatives for _ in range(num_images)]
-    return Request(prompts, negatives, [seed + i for i in range(len(prompts))], sampler)
+    return Request(prompts, negatives, [seed + i for i in range(len(prompts))], sampler, schedule)
 
 
 def check_seed(seed, images: int = 1) -> int:
@@ -88,8 +91,13 @@ def check_memory(pipe, width: int, height: int, images: int) -> None:
 
 def request_params(pipe, req: Request, steps: int, guidance_scale: float, width: int, height: int,
                    guidance_rescale: float, clip_skip: int, extra: dict) -> list[GenerationParams]:
-    """GenerationParams per image of the batch, mode-specific settings in `extra`."""
-    return [GenerationParams(prompt=p, negative_prompt=n, steps=steps, sampler=req.sampler, guidance_scale=guidance_scale,
+    """GenerationParams per image of the batch, mode-specific settings in `extra` (plus A1111's `TI hashes`)."""
+    from ..checkpoints.embeddings import used_in
+
+    used = used_in(getattr(pipe, "embeddings", {}), req.prompts + req.negatives)
+    if used:
+        extra = {**extra, "TI hashes": ", ".join(f"{e.name}: {e.hash}" for e in used)}
+    return [GenerationParams(prompt=p, negative_prompt=n, steps=steps, sampler=req.sampler, schedule=req.schedule, guidance_scale=guidance_scale,
                              seed=s, width=width, height=height, model=pipe.model_name, model_hash=pipe.model_hash,
                              guidance_rescale=guidance_rescale, clip_skip=clip_skip,
                              dtype=str(pipe.dtype).replace("torch.", ""), loras=pipe.active_loras(), extra=dict(extra))

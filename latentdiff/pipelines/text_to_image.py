@@ -18,6 +18,7 @@ from ..errors import LatentDiffError
 from ..models.attention import set_attention_backend
 from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
+from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
 from .params import GenerationParams
 from .request import check_guidance, check_memory, check_numbers, expand_request, request_params
@@ -136,6 +137,23 @@ class LatentDiffusionPipeline:
             return []
         return [[a.path or a.name, a.weight] for a in self._loras.active]
 
+    # -- textual-inversion embeddings (latentdiff.checkpoints.embeddings reads the files) ---------------------------
+    @property
+    def embeddings(self) -> dict:
+        """{prompt name: Embedding} this pipeline knows; a prompt uses one by writing its name."""
+        if getattr(self, "_embeddings", None) is None:
+            self._embeddings = {}
+        return self._embeddings
+
+    def load_embeddings(self, path: str | os.PathLike, *, allow_pickle: bool = False) -> list[str]:
+        """Add an embedding file, or every one in a folder (A1111's embeddings folder); returns the names added."""
+        from ..checkpoints.embeddings import read_embedding, read_embeddings
+
+        found = read_embeddings(path, allow_pickle=allow_pickle) if Path(path).is_dir() else \
+            {(e := read_embedding(path, allow_pickle=allow_pickle)).name: e}
+        self.embeddings.update(found)
+        return list(found)
+
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -166,21 +184,26 @@ class LatentDiffusionPipeline:
         if clip_skip >= layers:
             raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers (use 0 to {layers - 1})")
         texts = negatives + prompts if guided else prompts
-        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip).to(self.dtype)
+        from ..checkpoints.embeddings import vectors_for
+
+        vectors = vectors_for(self.embeddings, self.text_encoder.config.hidden_size)
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip, embeddings=vectors).to(self.dtype)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Gaussian latents (B, C, h, w), one CPU generator per image seeded with its seed (as diffusers with a list)."""
+        """Gaussian latents (B, C, h, w) in fp32, one CPU generator per image seeded with its seed (as diffusers with a list)."""
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         c = self.unet.config.out_channels
         shape = (1, c, height // self.vae_scale_factor, width // self.vae_scale_factor)
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])  # (B, C, h, w)
-        return noise.to(self.device, self.dtype), gens
+        return noise.to(self.device), gens  # fp32: the sampler's state stays fp32 (denoise)
 
     def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,
                 progress: bool = True, on_step: Callable | None = None, callback: Callable | None = None) -> torch.Tensor:
         """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step.
 
         `callback(step, total, latents)` runs after each step (step counts from 1); returning True stops early.
+        The sampler works in fp32 for every model dtype: latents stay fp32 between steps and the scheduler steps on an
+        fp32 prediction (so ancestral noise is drawn in fp32); only the model runs in `self.dtype`.
         """
         extra = {}
         step_params = inspect.signature(scheduler.step).parameters
@@ -188,9 +211,10 @@ class LatentDiffusionPipeline:
             extra["eta"] = 0.0
         if "generator" in step_params:
             extra["generator"] = generators
+        latents = latents.float()  # (B, C, h, w) fp32 sampler state
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
             x_in = scheduler.scale_model_input(latents, t)
-            pred = model(x_in, t)
+            pred = model(x_in.to(self.dtype), t).float()
             latents = scheduler.step(pred, t, latents, return_dict=False, **extra)[0]
             if on_step is not None:
                 latents = on_step(i, t, latents)
@@ -229,6 +253,7 @@ class LatentDiffusionPipeline:
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
                  progress: bool = True, callback: Callable | None = None,
                  micro_conditioning=None, refiner: "LatentDiffusionPipeline | None" = None, refiner_switch: float = 0.8,
+                 schedule: str = "automatic", controls: list | None = None,
                  ) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
@@ -244,11 +269,14 @@ class LatentDiffusionPipeline:
             num_images: images per prompt.
             guidance_rescale: φ of Lin et al. 2023 (0.7 suggested for v-prediction models).
             clip_skip: use the n-th last CLIP layer (A1111's "Clip skip" n+1).
+            schedule: the sigma/timestep schedule, A1111's "Schedule type": "automatic" (the sampler's own), "karras",
+                "exponential", "beta", "sgm_uniform", ... (`latentdiff.pipelines.samplers.SCHEDULE_OPTIONS`).
             callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
                 there and decodes the latents reached (the server's progress preview and interrupt).
             micro_conditioning: SDXL only: a `models.sdxl_text.MicroConditioning` or dict (original_size, crops, ...).
             refiner, refiner_switch: SDXL only: an SDXL refiner pipeline that takes over after `refiner_switch` of the
                 schedule (diffusers' denoising_end / denoising_start; pipelines.sdxl.refine).
+            controls: ControlNet units (`latentdiff.pipelines.control.ControlUnit`), each with its image, weight and steps.
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
@@ -265,20 +293,22 @@ class LatentDiffusionPipeline:
         width = native if width is None else width
         check_size(width, height, self.vae_scale_factor)
         check_guidance(guidance_scale, guidance_rescale)
-        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+        req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
         prompts, negatives, seeds, sampler = req.prompts, req.negatives, req.seeds, req.sampler
         check_memory(self, width, height, len(req.prompts))
-        scheduler = make_scheduler(sampler, self.components.scheduler_config)
+        scheduler = make_scheduler(sampler, self.components.scheduler_config, req.schedule)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
         context, unet = self.condition(prompts, negatives, guidance_scale > 1.0, clip_skip, (height, width), micro_conditioning)
+        unet, control_extra, control_units = controlled_unet(self, controls, width, height, len(scheduler.timesteps),
+                                                             guidance_scale > 1.0, unet)
         model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
         images = self.to_pil(self.decode(latents))
-        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
-        return PipelineOutput(images, params)
+        params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, control_extra)
+        return PipelineOutput(images, with_controls(params, control_units))
 
     def img2img(self, prompt: str | list[str], image, negative_prompt: str | list[str] = "", **kwargs) -> PipelineOutput:
         """Redraw an image (path or PIL) under a prompt, to `strength` in (0, 1]; see pipelines.image_to_image.img2img."""

@@ -99,6 +99,7 @@ class Job:
     strength: float = 0.75
     mask_blur: float = 0.0
     ignored: list[str] = field(default_factory=list)
+    controls: list = field(default_factory=list)  # server.controlnet.ApiUnit per enabled ControlNet unit
 
 
 def decode_image(text: str, what: str, limits: Limits) -> Image.Image:
@@ -175,6 +176,10 @@ def ignored_fields(req: BaseModel) -> list[str]:
     """The fields the client set that this server accepts but does not act on."""
     extra = req.model_extra or {}
     out = [k for k in IGNORED_FIELDS if extra.get(k, getattr(req, k, None))]
+    if "alwayson_scripts" in out:  # ControlNet units are honoured (server.controlnet); other scripts are not
+        from .controlnet import other_scripts
+
+        out = [k for k in out if k != "alwayson_scripts" or other_scripts(extra)]
     if isinstance(req, Img2ImgRequest) and len(req.init_images) > 1:
         out.append("init_images[1:]")
     return out
@@ -191,6 +196,9 @@ def to_job(req: Txt2ImgRequest, limits: Limits) -> Job:
     model = (req.override_settings or {}).get("sd_model_checkpoint")
     job = Job("txt2img", prompt, req.negative_prompt, seed, sampler, req.steps, req.cfg_scale, req.width, req.height,
               req.batch_size, req.n_iter, loras, model, ignored=ignored_fields(req))
+    from .controlnet import parse_units
+
+    job.controls = parse_units(req.model_extra, limits)
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
             raise LatentDiffError("img2img needs init_images (one base64 image)")

@@ -236,6 +236,16 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
     async def loras():
         return [{"name": n, "alias": n, "path": p.name, "metadata": {}} for n, p in catalog.loras.items()]
 
+    @app.get("/controlnet/model_list")  # sd-webui-controlnet's API
+    async def controlnet_models():
+        return {"model_list": list(catalog.controlnets)}
+
+    @app.get("/controlnet/module_list")
+    async def controlnet_modules():
+        from .controlnet import MODULES
+
+        return {"module_list": sorted(set(MODULES.values()))}
+
     @app.get("/sdapi/v1/embeddings")
     async def embeddings():
         return {"loaded": {}, "skipped": {}}

@@ -37,8 +37,10 @@ class Catalog:
     """The models and LoRAs clients can name, scanned from the configured folders only (no paths from clients)."""
 
     def __init__(self, model: str | None = None, models_dir: str | None = None, lora_dir: str | None = None,
-                 default_path: str | None = None):
+                 default_path: str | None = None, controlnet_dir: str | None = None):
         self.model, self.models_dir, self.lora_dir, self.default_path = model, models_dir, lora_dir, default_path
+        self.controlnet_dir = controlnet_dir
+        self.controlnets: dict[str, Path] = {}
         self.models: dict[str, ModelEntry] = {}
         self.loras: dict[str, Path] = {}
         self.first: str | None = None
@@ -67,6 +69,11 @@ class Catalog:
             for p in sorted(Path(self.lora_dir).rglob("*.safetensors")):
                 loras.setdefault(p.stem, p)
         self.loras = loras
+        controlnets: dict[str, Path] = {}  # diffusers ControlNet folders and .safetensors files (never pickles)
+        for p in sorted(Path(self.controlnet_dir).iterdir()) if self.controlnet_dir else []:
+            if (p.is_dir() and (p / "config.json").is_file()) or p.suffix == ".safetensors":
+                controlnets.setdefault(p.stem if p.is_file() else p.name, p)
+        self.controlnets = controlnets
 
     def find_model(self, name: str) -> ModelEntry:
         """A model by its name or A1111 title ("name [hash]", "name.safetensors"); one-line error otherwise."""
@@ -75,6 +82,13 @@ class Catalog:
         if key not in self.models:
             raise LatentDiffError(f"unknown model {name!r}; available: {', '.join(self.models) or 'none'}")
         return self.models[key]
+
+    def find_controlnet(self, name: str) -> Path:
+        """A ControlNet by its name or sd-webui-controlnet title ("name [hash]"); one-line error otherwise."""
+        key = name.split(" [")[0].strip()
+        if key not in self.controlnets:
+            raise LatentDiffError(f"unknown ControlNet {name!r}; available: {', '.join(self.controlnets) or 'none'}")
+        return self.controlnets[key]
 
     def find_lora(self, name: str) -> Path:
         if name not in self.loras:
@@ -226,7 +240,7 @@ class Worker:
             p.batch_no, p.sampling_step = n, 0
             kw = dict(num_inference_steps=job.steps, guidance_scale=job.cfg_scale, sampler=job.sampler, num_images=job.batch_size,
                       seed=job.seed + n * job.batch_size, width=job.width, height=job.height, progress=False,
-                      callback=self._step)
+                      callback=self._step, controls=self._controls(job))
             if job.mode == "txt2img":
                 r = pipe(job.prompt, job.negative_prompt, **kw)
             elif job.mode == "img2img":
@@ -243,6 +257,13 @@ class Worker:
         p = self.progress
         p.sampling_step, p.sampling_steps, p.latents = step, total, latents[0].detach()
         return p.interrupted
+
+    def _controls(self, job: Job) -> list:
+        """The job's ControlNet units with their files from the catalog (pipelines.control.ControlUnit)."""
+        from ..pipelines.control import ControlUnit
+
+        return [ControlUnit(self.catalog.find_controlnet(u.model), u.image, u.weight, u.start, u.end, u.module, u.resize_mode,
+                            u.guess_mode, u.low, u.high) for u in job.controls]
 
     def _set_loras(self, pipe, loras: dict[str, float]) -> None:
         """Attach the named LoRAs from the LoRA folder (once per model) and run exactly these weights."""
