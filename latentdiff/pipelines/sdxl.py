@@ -87,7 +87,7 @@ def check_switch(fraction: float) -> float:
 def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, num_inference_steps: int, guidance_scale: float,
            sampler: str, seed: int | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
            guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, micro_conditioning=None,
-           refiner_micro_conditioning=None):
+           refiner_micro_conditioning=None, schedule: str = "automatic"):
     """Base → refiner (SDXL §2.5): the base denoises the timesteps ≥ the switch cutoff, the refiner the rest from its latents.
 
     Same numbers as diffusers' base(denoising_end=switch, output_type="latent") then refiner(image=latents,
@@ -108,11 +108,11 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     height, width = height or native, width or native
     check_size(width, height, base.vae_scale_factor)
     check_guidance(guidance_scale, guidance_rescale)
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     check_memory(base, width, height, len(req.prompts))
     guided = guidance_scale > 1.0
 
-    scheduler = make_scheduler(req.sampler, base.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, base.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=base.device)
     cutoff = switch_timestep(scheduler, switch)
     base_steps = scheduler.timesteps[: int((scheduler.timesteps >= cutoff).sum())]
@@ -122,7 +122,7 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     latents = base.denoise(latents, scheduler, base_steps, CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler),
                            gens, progress)
 
-    scheduler = make_scheduler(req.sampler, refiner.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, refiner.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=refiner.device)
     kept = int((scheduler.timesteps < cutoff).sum())
     if scheduler.order == 2 and kept % 2 == 0:

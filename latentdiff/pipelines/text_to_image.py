@@ -284,10 +284,12 @@ class LatentDiffusionPipeline:
         if refiner is not None:
             from .sdxl import refine
 
+            if controls:
+                raise LatentDiffError("ControlNet units with the SDXL refiner hand-off are not supported; drop one of them")
             return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
                           num_images=num_images, guidance_rescale=guidance_rescale, clip_skip=clip_skip, progress=progress,
-                          micro_conditioning=micro_conditioning)
+                          micro_conditioning=micro_conditioning, schedule=schedule)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width
