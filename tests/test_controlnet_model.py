@@ -78,3 +78,28 @@ def test_wrong_residual_count_is_one_line_error():
     x, t, ctx, _ = inputs("sd1")
     with pytest.raises(LatentDiffError, match="3 ControlNet residuals for 4 skip features"):
         unet(x, t, ctx, down_block_additional_residuals=[torch.zeros(1)] * 3)
+
+
+def test_sdxl_controlnet_matches_diffusers():
+    """SDXL layout: per-level transformer depth, 2-level text context, the added (pooled text, time ids) embedding."""
+    from latentdiff.models.unet import UNetConfig
+
+    torch.manual_seed(4)
+    unet = UNetConfig(block_out_channels=(32, 64), layers_per_block=1, attention_levels=(False, True), num_heads=(1, 2),
+                      transformer_depth=(1, 2), cross_attention_dim=80, use_linear_projection=True, norm_num_groups=8,
+                      addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=64)
+    ours = ControlNet(ControlNetConfig.for_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 16))).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    theirs = ControlNetModel.from_config(ours.config.to_diffusers()).eval()
+    assert sorted(theirs.state_dict()) == sorted(ours.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(2)
+    x, ctx, cond = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 80, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    added = {"text_embeds": torch.randn(2, 16, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        down, mid = ours(x, torch.tensor([999, 10]), ctx, cond, 0.9, added_cond_kwargs=added)
+        want = theirs(x, torch.tensor([999, 10]), ctx, cond, 0.9, added_cond_kwargs=added, return_dict=False)
+    assert max([rel(a, b) for a, b in zip(down, want[0])] + [rel(mid, want[1])]) <= 1e-5
+    assert ControlNetConfig.from_diffusers(theirs.config) == ours.config

@@ -140,3 +140,30 @@ def test_controlnet_of_another_family_is_one_line_error(tiny_folder_sd2, nets):
     pipe = LatentDiffusionPipeline.from_pretrained(tiny_folder_sd2, dtype="fp32")
     with pytest.raises(LatentDiffError, match="reads 32-d text embeddings, this model makes 48-d ones"):
         pipe(PROMPT, num_inference_steps=2, progress=False, controls=[ControlUnit(nets[0], picture(1))])
+
+
+@pytest.mark.parametrize("guess", [False, True])
+def test_sdxl_matches_diffusers(tiny_sdxl_folder, tiny_sdxl, tmp_path, guess):
+    """SDXL: the ControlNet gets the U-Net's pooled text and time ids (StableDiffusionXLControlNetPipeline)."""
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    from latentdiff.models.controlnet import ControlNet, ControlNetConfig
+
+    torch.manual_seed(15)
+    net = ControlNet(ControlNetConfig.for_unet(tiny_sdxl.unet.config, conditioning_embedding_out_channels=(4, 8, 8, 16)))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    folder = save_controlnet_folder(net, tmp_path / "cn-xl")
+    xl = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, dtype="fp32")
+    unit = ControlUnit(folder, picture(70), weight=0.9, start=0.0, end=0.75, guess_mode=guess)
+    ref = StableDiffusionXLControlNetPipeline.from_pretrained(str(tiny_sdxl_folder), controlnet=ControlNetModel.from_pretrained(folder),
+                                                              local_files_only=True, add_watermarker=False)
+    ref.set_progress_bar_config(disable=True)
+    ref.scheduler = make_scheduler("euler", xl.components.scheduler_config)
+    want = ref("a red fox", image=unit.image, num_inference_steps=4, guidance_scale=5.0, height=SIZE, width=SIZE,
+               generator=[torch.Generator().manual_seed(7)], **their_args([unit], guess)).images[0]
+    got = xl("a red fox", num_inference_steps=4, guidance_scale=5.0, sampler="euler", seed=7, progress=False, controls=[unit])
+    plain = xl("a red fox", num_inference_steps=4, guidance_scale=5.0, sampler="euler", seed=7, progress=False)
+    assert max_diff(got.images[0], want) <= 2
+    assert max_diff(got.images[0], plain.images[0]) > 10

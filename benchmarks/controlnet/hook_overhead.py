@@ -60,7 +60,8 @@ def main() -> None:
     cfg = current.UNetConfig(block_out_channels=(64, 128, 256), layers_per_block=1, attention_levels=(False, True, True),
                              num_heads=4, cross_attention_dim=256, norm_num_groups=16)
     arms = {"A": current.UNet(cfg).eval(), "A2": current.UNet(cfg).eval(),
-            "B": before.UNet(before.UNetConfig(**cfg.to_dict())).eval()}
+            "B": before.UNet(before.UNetConfig(**{k: v for k, v in cfg.to_dict().items()  # fields added since are at defaults
+                                                  if k in before.UNetConfig.__dataclass_fields__})).eval()}
     for net in arms.values():
         net.load_state_dict(arms["A"].state_dict())
     x, ctx, t = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 256), torch.tensor(500)

@@ -68,6 +68,9 @@ def load_controlnet(path: str | os.PathLike, *, allow_pickle: bool = False, base
     if not path.exists():
         raise LatentDiffError(f"no such ControlNet: {path}")
     state = CK.normalize(load_state_dict(path, allow_pickle=allow_pickle), str(path))
+    if f"{CK.PREFIX}label_emb.0.0.weight" in state:
+        raise LatentDiffError(f"{path} is an SDXL ControlNet in the single-file layout; SDXL ControlNets load from "
+                              "diffusers folders only (config.json + diffusion_pytorch_model.safetensors)")
     layout = CK.layout_from_ldm(state, str(path))
     return build_controlnet(config_from_layout(layout, base), CK.to_diffusers(state, layout, str(path)), str(path))
 

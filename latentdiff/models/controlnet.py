@@ -7,6 +7,7 @@ Parameter names are diffusers' `ControlNetModel`'s; the encoder is built by the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +15,11 @@ from torch import nn
 
 from ..errors import LatentDiffError
 from .blocks import TimestepEmbedding, timestep_embedding
-from .unet import UNetConfig, encoder_blocks
+from .unet import UNet, UNetConfig, encoder_blocks
 
 _CROSS = "CrossAttnDownBlock2D"
 # diffusers ControlNetModel config keys that must keep their default for the SD 1.x/2.x family.
-_UNSUPPORTED = {"class_embed_type": None, "addition_embed_type": None, "encoder_hid_dim": None, "num_class_embeds": None,
+_UNSUPPORTED = {"class_embed_type": None, "encoder_hid_dim": None, "num_class_embeds": None,
                 "resnet_time_scale_shift": "default", "only_cross_attention": False, "act_fn": "silu",
                 "mid_block_type": "UNetMidBlock2DCrossAttn"}
 
@@ -42,7 +43,7 @@ class ControlNetConfig:
 
     @classmethod
     def from_diffusers(cls, cfg: dict) -> "ControlNetConfig":
-        """Translate a diffusers `ControlNetModel` config.json dict, refusing features outside SD 1.x/2.x."""
+        """Translate a diffusers `ControlNetModel` config.json dict, refusing features outside SD 1.x/2.x/XL."""
         for key, default in _UNSUPPORTED.items():
             if cfg.get(key, default) != default:
                 raise LatentDiffError(f"unsupported ControlNet feature {key}={cfg[key]!r} (only SD 1.x/2.x layouts are implemented)")
@@ -60,7 +61,8 @@ class ControlNetConfig:
         keep = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "attention_head_dim",
                 "cross_attention_dim", "transformer_layers_per_block", "use_linear_projection", "norm_num_groups",
                 "norm_eps", "flip_sin_to_cos", "freq_shift", "upcast_attention", "downsample_padding", "mid_block_scale_factor")
-        return {"_class_name": "ControlNetModel", **{k: u[k] for k in keep}, "conditioning_channels": self.conditioning_channels,
+        keep += ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")  # SDXL
+        return {"_class_name": "ControlNetModel", **{k: u[k] for k in keep if k in u}, "conditioning_channels": self.conditioning_channels,
                 "conditioning_embedding_out_channels": list(self.conditioning_embedding_out_channels),
                 "controlnet_conditioning_channel_order": self.channel_order, "global_pool_conditions": self.global_pool_conditions}
 
@@ -110,6 +112,8 @@ class ControlNet(nn.Module):
                       eps=c.norm_eps, linear_proj=c.use_linear_projection)
         self.conv_in = nn.Conv2d(c.in_channels, ch0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch0, temb_dim)
+        if c.addition_embed_type == "text_time":  # SDXL's added conditioning, as the U-Net's
+            self.add_embedding = TimestepEmbedding(c.projection_class_embeddings_input_dim, temb_dim)
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(ch0, config.conditioning_channels,
                                                                         config.conditioning_embedding_out_channels)
         self.down_blocks, self.mid_block = encoder_blocks(c, temb_dim, common)
@@ -124,11 +128,12 @@ class ControlNet(nn.Module):
         return self.conv_in.weight.dtype
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
-                controlnet_cond: torch.Tensor, conditioning_scale: float = 1.0,
-                guess_mode: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+                controlnet_cond: torch.Tensor, conditioning_scale: float = 1.0, guess_mode: bool = False,
+                added_cond_kwargs: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """sample (B, 4, h, w), controlnet_cond (B, C, 8h, 8w) in [0, 1] → ([(B, C_i, h_i, w_i)], (B, C_mid, h_mid, w_mid)).
 
         guess_mode scales the residuals from 0.1 (first skip) to 1.0 (middle block) on a log scale, as diffusers.
+        SDXL ControlNets take the U-Net's added_cond_kwargs (pooled text, time ids).
         """
         c = self.config.unet
         b = sample.shape[0]
@@ -137,6 +142,9 @@ class ControlNet(nn.Module):
         temb = timestep_embedding(t, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos,
                                   freq_shift=c.freq_shift).to(sample.dtype)  # (B, ch0)
         temb = self.time_embedding(temb)  # (B, 4·ch0)
+        if c.addition_embed_type == "text_time":  # the U-Net's own computation, on this network's add_embedding
+            view = SimpleNamespace(config=c, add_embedding=self.add_embedding, dtype=self.dtype)
+            temb = temb + UNet.added_embedding(view, added_cond_kwargs, b).to(temb.dtype)
         if self.config.channel_order == "bgr":
             controlnet_cond = controlnet_cond.flip(1)
         x = self.conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)  # (B, ch0, h, w)

@@ -63,15 +63,20 @@ class PreparedUnit:
     def active(self, i: int, n: int) -> bool:
         return self.unit.start <= i / n and (i + 1) / n <= self.unit.end
 
-    def residuals(self, x: torch.Tensor, t, context: torch.Tensor, guided: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """x (n, C[+C'], h, w) as the U-Net gets it → residuals for every skip feature and the middle block."""
+    def residuals(self, x: torch.Tensor, t, context: torch.Tensor, guided: bool,
+                  added: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x (n, C[+C'], h, w) as the U-Net gets it → residuals for every skip feature and the middle block.
+
+        `added`: SDXL's added_cond_kwargs for the same n rows (pooled text, time ids)."""
         lat = x[:, :self.net.config.unet.in_channels]  # an inpainting U-Net's extra channels are not the ControlNet's
         guess = self.unit.guess_mode or self.net.config.global_pool_conditions
         if guess and guided:
             half = lat.shape[0] // 2  # [uncond; cond]: control the conditional half only
-            down, mid = self.net(lat[half:], t, context[half:], self.cond.expand(half, -1, -1, -1), self.unit.weight, True)
+            cond_added = {k: v[half:] for k, v in added.items()} if added else None
+            down, mid = self.net(lat[half:], t, context[half:], self.cond.expand(half, -1, -1, -1), self.unit.weight, True,
+                                 cond_added)
             return [torch.cat([torch.zeros_like(d), d]) for d in down], torch.cat([torch.zeros_like(mid), mid])
-        return self.net(lat, t, context, self.cond.expand(lat.shape[0], -1, -1, -1), self.unit.weight, guess)
+        return self.net(lat, t, context, self.cond.expand(lat.shape[0], -1, -1, -1), self.unit.weight, guess, added)
 
 
 class ControlledUNet:
@@ -88,10 +93,12 @@ class ControlledUNet:
     def __call__(self, x: torch.Tensor, t, context: torch.Tensor, **kwargs) -> torch.Tensor:
         i, self.calls = self.calls, self.calls + 1
         down = mid = None
+        added = ({"text_embeds": self.unet.text_embeds, "time_ids": self.unet.time_ids}  # bound by pipelines.sdxl.condition
+                 if hasattr(self.unet, "time_ids") else None)
         for u in self.units:
             if not u.active(i, self.steps):
                 continue
-            d, m = u.residuals(x, t, context, self.guided)
+            d, m = u.residuals(x, t, context, self.guided, added)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         return self.unet(x, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kwargs)

@@ -126,7 +126,10 @@ def hires_fix(pipe, prompt, negative_prompt="", *, hires: HiresFix, num_inferenc
     timesteps = strength_timesteps(scheduler, total, hires.strength)
     guided = p0.guidance_scale > 1.0
     context = pipe.encode_text([p.prompt for p in first.params], [p.negative_prompt for p in first.params], guided, clip_skip)
-    model = CFGDenoiser(pipe.unet, context, p0.guidance_scale, guidance_rescale, scheduler=scheduler)
+    from .control import controlled_unet  # ControlNets steer the second pass too, their images fitted to its size (as A1111)
+
+    unet = controlled_unet(pipe, kwargs.get("controls"), size[0], size[1], len(timesteps), guided)[0]
+    model = CFGDenoiser(unet, context, p0.guidance_scale, guidance_rescale, scheduler=scheduler)
     noise = draw_noise([torch.Generator("cpu").manual_seed(s) for s in seeds], latents.shape).to(pipe.device, pipe.dtype)
     latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(seeds)))
     latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)

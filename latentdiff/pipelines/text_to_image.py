@@ -285,7 +285,7 @@ class LatentDiffusionPipeline:
             from .sdxl import refine
 
             if controls:
-                raise LatentDiffError("ControlNet units with the SDXL refiner hand-off are not supported; drop one of them")
+                raise LatentDiffError("ControlNets with an SDXL refiner are not supported; draw without --refiner")
             return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
                           num_images=num_images, guidance_rescale=guidance_rescale, clip_skip=clip_skip, progress=progress,
