@@ -19,9 +19,9 @@ def assert_close(ours, theirs, max_levels=2):
     assert pixels(ours).std() > 5  # a lively picture, not a flat one
 
 
-def reference(cls, folder, components, sampler, **kw):
+def reference(cls, folder, components, sampler, schedule="automatic", **kw):
     ref = cls.from_pretrained(str(folder), local_files_only=True, add_watermarker=False, **kw)
-    ref.scheduler = make_scheduler(sampler, components.scheduler_config)
+    ref.scheduler = make_scheduler(sampler, components.scheduler_config, schedule)
     ref.set_progress_bar_config(disable=True)
     return ref
 
@@ -99,13 +99,13 @@ def test_inpaint_matches_diffusers(which, request, tiny_sdxl_folder, tiny_sdxl_i
     assert_close(got, want)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_a"])
-def test_refiner_hand_off_matches_diffusers(xl, tiny_sdxl_folder, tiny_sdxl_refiner_folder, tiny_sdxl, sampler):
+@pytest.mark.parametrize("sampler,schedule", [("euler", "automatic"), ("euler_a", "automatic"), ("euler", "karras")])
+def test_refiner_hand_off_matches_diffusers(xl, tiny_sdxl_folder, tiny_sdxl_refiner_folder, tiny_sdxl, sampler, schedule):
     """Base to 0.75 of the schedule, the refiner (bigG only, aesthetic score) for the rest: diffusers' denoising_end/start."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    base = reference(StableDiffusionXLPipeline, tiny_sdxl_folder, tiny_sdxl, sampler)
-    ref_refiner = reference(StableDiffusionXLImg2ImgPipeline, tiny_sdxl_refiner_folder, tiny_sdxl, sampler)
+    base = reference(StableDiffusionXLPipeline, tiny_sdxl_folder, tiny_sdxl, sampler, schedule)
+    ref_refiner = reference(StableDiffusionXLImg2ImgPipeline, tiny_sdxl_refiner_folder, tiny_sdxl, sampler, schedule)
     gens = [torch.Generator().manual_seed(21)]
     latents = base("an old map", num_inference_steps=8, guidance_scale=5.0, denoising_end=0.75, output_type="latent",
                    generator=gens, height=64, width=64).images
@@ -114,7 +114,7 @@ def test_refiner_hand_off_matches_diffusers(xl, tiny_sdxl_folder, tiny_sdxl_refi
     refiner = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_refiner_folder, device="cpu", dtype="fp32")
     assert refiner.components.kind == "sdxl_refiner" and refiner.text_encoder is None
     out = xl("an old map", num_inference_steps=8, guidance_scale=5.0, sampler=sampler, seed=21, progress=False,
-             refiner=refiner, refiner_switch=0.75)
+             refiner=refiner, refiner_switch=0.75, schedule=schedule)
     assert_close(out.images[0], want)
     assert out.params[0].extra["Refiner switch at"] == 0.75 and "Refiner" in out.params[0].extra
 

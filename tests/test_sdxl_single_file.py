@@ -99,3 +99,16 @@ def test_bad_files_say_why(xl_file, tmp_path):
               | {"conditioner.embedders.2.foo": torch.zeros(1)}, str(bad), meta)
     with pytest.raises(LatentDiffError, match="conditioner embedders we do not know"):
         load_components(bad)
+
+
+def test_fp16_file_and_attention_backends(tmp_path, tiny_sdxl, tiny_sdxl_folder):
+    """An fp16 file keeps its dtype on read; the math and SDPA kernels draw the same SDXL picture."""
+    path = save_single_file(tiny_sdxl, tmp_path / "half.safetensors", dtype=torch.float16)
+    back = load_components(path)
+    assert back.unet.dtype == torch.float16 and back.text_encoder_2.dtype == torch.float16
+    w = "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight"
+    assert torch.equal(back.unet.state_dict()[w], tiny_sdxl.unet.state_dict()[w].half())
+    kw = dict(num_inference_steps=2, guidance_scale=5.0, sampler="euler", seed=1, progress=False)
+    a = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, dtype="fp32")("a bell", **kw).images[0]
+    b = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, dtype="fp32", attention="math")("a bell", **kw).images[0]
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1

@@ -86,7 +86,8 @@ def check_switch(fraction: float) -> float:
 @torch.no_grad()
 def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, num_inference_steps: int, guidance_scale: float,
            sampler: str, seed: int | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
-           clip_skip: int = 0, progress: bool = True, micro_conditioning=None, refiner_micro_conditioning=None):
+           guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, micro_conditioning=None,
+           refiner_micro_conditioning=None, schedule: str = "automatic"):
     """Base → refiner (SDXL §2.5): the base denoises the timesteps ≥ the switch cutoff, the refiner the rest from its latents.
 
     Same numbers as diffusers' base(denoising_end=switch, output_type="latent") then refiner(image=latents,
@@ -106,22 +107,22 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     native = base.unet.config.sample_size * base.vae_scale_factor
     height, width = height or native, width or native
     check_size(width, height, base.vae_scale_factor)
-    check_guidance(guidance_scale, 0.0)
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler)
+    check_guidance(guidance_scale, guidance_rescale)
+    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     check_memory(base, width, height, len(req.prompts))
     guided = guidance_scale > 1.0
 
-    scheduler = make_scheduler(req.sampler, base.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, base.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=base.device)
     cutoff = switch_timestep(scheduler, switch)
     base_steps = scheduler.timesteps[: int((scheduler.timesteps >= cutoff).sum())]
     context, unet = base.condition(req.prompts, req.negatives, guided, clip_skip, (height, width), micro_conditioning)
     latents, gens = base.initial_noise(req.seeds, height, width)
     latents = latents * scheduler.init_noise_sigma
-    latents = base.denoise(latents, scheduler, base_steps, CFGDenoiser(unet, context, guidance_scale, scheduler=scheduler),
+    latents = base.denoise(latents, scheduler, base_steps, CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler),
                            gens, progress)
 
-    scheduler = make_scheduler(req.sampler, refiner.components.scheduler_config)
+    scheduler = make_scheduler(req.sampler, refiner.components.scheduler_config, req.schedule)
     scheduler.set_timesteps(num_inference_steps, device=refiner.device)
     kept = int((scheduler.timesteps < cutoff).sum())
     if scheduler.order == 2 and kept % 2 == 0:
@@ -132,8 +133,9 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     context, unet = refiner.condition(req.prompts, req.negatives, guided, clip_skip, (height, width), refiner_micro_conditioning)
     latents = latents.to(refiner.device, refiner.dtype)
     latents = refiner.denoise(latents, scheduler, scheduler.timesteps[start:],
-                              CFGDenoiser(unet, context, guidance_scale, scheduler=scheduler), gens, progress)
+                              CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler), gens, progress)
     images = refiner.to_pil(refiner.decode(latents))
     name = Path(refiner.model_name).stem  # A1111 writes "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8"
     extra = {"Refiner": f"{name} [{refiner.model_hash}]" if refiner.model_hash else name, "Refiner switch at": switch}
-    return PipelineOutput(images, request_params(base, req, num_inference_steps, guidance_scale, width, height, 0.0, clip_skip, extra))
+    return PipelineOutput(images, request_params(base, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip,
+                                                   extra))

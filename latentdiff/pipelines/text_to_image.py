@@ -288,7 +288,8 @@ class LatentDiffusionPipeline:
                 raise LatentDiffError("ControlNets with an SDXL refiner are not supported; draw without --refiner")
             return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
                           guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
-                          num_images=num_images, clip_skip=clip_skip, progress=progress, micro_conditioning=micro_conditioning)
+                          num_images=num_images, guidance_rescale=guidance_rescale, clip_skip=clip_skip, progress=progress,
+                          micro_conditioning=micro_conditioning, schedule=schedule)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width
