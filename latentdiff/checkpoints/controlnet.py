@@ -19,20 +19,10 @@ WEIGHTS = "diffusion_pytorch_model"
 
 
 def build_controlnet(config: ControlNetConfig, state: dict[str, torch.Tensor], source: str) -> ControlNet:
-    """Instantiate on the meta device and take the tensors as they are; strict key and shape checks."""
-    with torch.device("meta"):
-        net = ControlNet(config)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        what, key = ("missing", missing[0]) if missing else ("unexpected", unexpected[0])
-        raise LatentDiffError(f"{source}: ControlNet weights do not fit its config ({what} key {key})")
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise LatentDiffError(f"{source}: ControlNet weight {k} has shape {tuple(state[k].shape)}, config expects {tuple(v.shape)}")
-    net.load_state_dict(state, strict=True, assign=True)
-    return net.eval()
+    """Our ControlNet from a state dict in diffusers' names (strict; see loader.build_on_meta)."""
+    from .loader import build_on_meta
+
+    return build_on_meta(lambda: ControlNet(config), state, source, "ControlNet")
 
 
 def config_from_layout(layout: CK.ControlLayout, base: UNetConfig | None) -> ControlNetConfig:

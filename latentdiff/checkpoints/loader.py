@@ -76,22 +76,28 @@ def check_generation_config(config: object, where: str) -> dict:
     return config
 
 
-def build_unet(config: UNetConfig, state: dict[str, torch.Tensor], source: str) -> UNet:
-    """Instantiate on the meta device and take the tensors as they are; strict key and shape checks."""
+def build_on_meta(make, state: dict[str, torch.Tensor], source: str, what: str):
+    """`make()` on the meta device, then take the tensors as they are; strict key and shape checks, one-line errors."""
     with torch.device("meta"):
-        unet = UNet(config)
-    expected = unet.state_dict()
+        module = make()
+    expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         key = (missing or unexpected)[0]
-        what = "missing" if missing else "unexpected"
-        raise LatentDiffError(f"{source}: U-Net weights do not fit its config ({what} key {key}, {len(missing)} missing, {len(unexpected)} unexpected)")
+        kind = "missing" if missing else "unexpected"
+        raise LatentDiffError(f"{source}: {what} weights do not fit its config ({kind} key {key}, {len(missing)} missing, "
+                              f"{len(unexpected)} unexpected)")
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise LatentDiffError(f"{source}: U-Net weight {k} has shape {tuple(state[k].shape)}, config expects {tuple(v.shape)}")
-    unet.load_state_dict(state, strict=True, assign=True)
-    return unet.eval()
+            raise LatentDiffError(f"{source}: {what} weight {k} has shape {tuple(state[k].shape)}, config expects {tuple(v.shape)}")
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval()
+
+
+def build_unet(config: UNetConfig, state: dict[str, torch.Tensor], source: str) -> UNet:
+    """Our U-Net from a state dict in diffusers' names (strict; see build_on_meta)."""
+    return build_on_meta(lambda: UNet(config), state, source, "U-Net")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

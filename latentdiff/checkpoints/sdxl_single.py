@@ -98,15 +98,10 @@ def bigg_layout_from_diffusers(state: Mapping[str, torch.Tensor]) -> tuple[K.Tex
 
 
 def _saved(path: Path) -> dict[str, dict]:
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(METADATA_KEY)
-    try:
-        configs = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        raise LatentDiffError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from None
-    return {k: v for k, v in configs.items() if k in PARTS and isinstance(v, dict)}
+    """Component configs our writer stored in the file's metadata ({} for other files)."""
+    from .single_file import _saved_configs
+
+    return _saved_configs(path, PARTS)
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

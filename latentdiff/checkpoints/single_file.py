@@ -90,8 +90,8 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def _saved_configs(path: Path) -> dict[str, dict]:
-    """Component configs our writer stored in the file's metadata ({} for other files)."""
+def _saved_configs(path: Path, parts=None) -> dict[str, dict]:
+    """Component configs our writer stored in the file's metadata ({} for other files); `parts` the names to keep."""
     if path.suffix.lower() != ".safetensors":
         return {}
     with safe_open(str(path), framework="pt") as f:
@@ -100,7 +100,7 @@ def _saved_configs(path: Path) -> dict[str, dict]:
         configs = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         raise LatentDiffError(f"{path}: the '{METADATA_KEY}' metadata is not valid JSON") from None
-    return {k: v for k, v in configs.items() if k in COMPONENTS and isinstance(v, dict)}
+    return {k: v for k, v in configs.items() if k in (parts or COMPONENTS) and isinstance(v, dict)}
 
 
 def _prediction(value: Any, source: str) -> str:
