@@ -260,11 +260,14 @@ class LatentDiffusionPipeline:
         scheduler = make_scheduler(sampler, self.components.scheduler_config, req.schedule)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
-        context = self.encode_text(prompts, negatives, guidance_scale > 1.0, clip_skip)
-        model = CFGDenoiser(self.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+        from .prompt_editing import step_contexts, switcher  # [from:to:when], [a|b]: conditioning by step
+
+        contexts = step_contexts(self, prompts, negatives, guidance_scale > 1.0, clip_skip, num_inference_steps)
+        model = CFGDenoiser(self.unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
-        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
+        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress,
+                               on_step=switcher(model, contexts, len(scheduler.timesteps)), callback=callback)
         images = self.to_pil(self.decode(latents))
         params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, {})
         return PipelineOutput(images, params)
