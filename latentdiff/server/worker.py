@@ -37,10 +37,12 @@ class Catalog:
     """The models and LoRAs clients can name, scanned from the configured folders only (no paths from clients)."""
 
     def __init__(self, model: str | None = None, models_dir: str | None = None, lora_dir: str | None = None,
-                 default_path: str | None = None):
+                 default_path: str | None = None, embeddings_dir: str | None = None):
         self.model, self.models_dir, self.lora_dir, self.default_path = model, models_dir, lora_dir, default_path
+        self.embeddings_dir = embeddings_dir
         self.models: dict[str, ModelEntry] = {}
         self.loras: dict[str, Path] = {}
+        self.embeddings: dict = {}  # name → checkpoints.embeddings.Embedding, used by name in prompts
         self.first: str | None = None
         self.refresh()
 
@@ -67,6 +69,10 @@ class Catalog:
             for p in sorted(Path(self.lora_dir).rglob("*.safetensors")):
                 loras.setdefault(p.stem, p)
         self.loras = loras
+        if self.embeddings_dir:  # .safetensors only: a client never makes the server unpickle
+            from ..checkpoints.embeddings import read_embeddings
+
+            self.embeddings = read_embeddings(self.embeddings_dir)
 
     def find_model(self, name: str) -> ModelEntry:
         """A model by its name or A1111 title ("name [hash]", "name.safetensors"); one-line error otherwise."""
@@ -192,6 +198,7 @@ class Worker:
             t0 = time.perf_counter()
             pipe = LatentDiffusionPipeline.from_pretrained(entry.path, device=self.device, dtype=self.dtype)
             pipe.model_name = entry.name
+            pipe.embeddings.update(self.catalog.embeddings)
             preview = fit_preview(pipe) if self.fit_previews else None
             self.pipes[name] = (pipe, preview)
             log.info("loaded %s in %.1f s", name, time.perf_counter() - t0)
@@ -227,7 +234,11 @@ class Worker:
             kw = dict(num_inference_steps=job.steps, guidance_scale=job.cfg_scale, sampler=job.sampler, num_images=job.batch_size,
                       seed=job.seed + n * job.batch_size, width=job.width, height=job.height, progress=False,
                       callback=self._step)
-            if job.mode == "txt2img":
+            if job.mode == "txt2img" and job.hires is not None:
+                from ..pipelines.hires import hires_fix
+
+                r = hires_fix(pipe, job.prompt, job.negative_prompt, hires=job.hires, **kw)
+            elif job.mode == "txt2img":
                 r = pipe(job.prompt, job.negative_prompt, **kw)
             elif job.mode == "img2img":
                 r = pipe.img2img(job.prompt, job.init_image, job.negative_prompt, strength=job.strength, **kw)
