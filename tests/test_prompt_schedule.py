@@ -70,3 +70,18 @@ def test_txt2img_conditioning_changes_at_the_step(pipe):
     assert out.params[0].prompt == "a [cat:dog:2]"  # recorded as typed
     plain = pipe("a cat", "blurry", num_inference_steps=5, sampler="euler", seed=1, progress=False).images[0]
     assert not np.array_equal(np.asarray(plain), np.asarray(out.images[0]))
+
+
+def test_img2img_conditioning_changes_over_the_steps_that_run(pipe):
+    from PIL import Image
+
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[2].clone()))
+    try:
+        pipe.img2img("a [cat:dog:1]", Image.new("RGB", (64, 64), (90, 120, 200)), strength=0.5, num_inference_steps=8,
+                     sampler="euler", seed=1, progress=False)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        cat, dog = (pipe.encode_text([f"a {w}"], [""], True) for w in ("cat", "dog"))
+    assert [("cat" if torch.equal(c, cat) else "dog" if torch.equal(c, dog) else "?") for c in seen] == ["cat"] * 2 + ["dog"] * 2
