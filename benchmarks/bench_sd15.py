@@ -1,6 +1,6 @@
 """SD1.5 side by side with diffusers: `python benchmarks/bench_sd15.py --out benchmarks/results/cpu-sd15.json`.
 
-Same flags as `latentdiff bench` (see benchmarks/harness.py); writes raw JSON and regenerates BENCHMARKS.md when
+Same flags as `latentdiff bench` (see latentdiff/bench/harness.py); writes raw JSON and regenerates BENCHMARKS.md when
 the JSON goes into benchmarks/results/.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
 import make_table  # noqa: E402
 
+from latentdiff.bench import harness  # noqa: E402
 from latentdiff.cli.bench import add_bench_arguments  # noqa: E402
 
 

@@ -10,7 +10,7 @@ checkpointing and (ours) cached latents/text embeddings.
   every step encodes the pixels with the VAE and the token ids with CLIP, adds DDPM noise, MSE on ε, clips
   gradients at 1.0 and logs the gathered loss with .item(), as the script does. Its pixels and token ids are
   ready-made tensors on the GPU (the script's data-loader workers decode images in parallel).
-* "ours": latentdiff.training.train_lora.LoraTrainer on the same layout and targets (train_step() timed),
+* "ours": latentdiff.training.lora.LoraTrainer on the same layout and targets (train_step() timed),
   reading a folder of random 512² PNGs; with cache on, latents and embeddings are computed once before timing.
 
 Every variant runs in a fresh subprocess (peak memory: torch.cuda.max_memory_allocated on CUDA, the RSS
@@ -176,7 +176,7 @@ class OursRecipe:
 
         from latentdiff.checkpoints import Components
         from latentdiff.models.unet import UNet, UNetConfig
-        from latentdiff.training.train_lora import LoraTrainConfig, LoraTrainer
+        from latentdiff.training.lora import LoraTrainConfig, LoraTrainer
 
         with torch.device(device):
             unet = UNet(UNetConfig.from_diffusers(p["unet"]))

@@ -183,7 +183,7 @@ def render(results_dir: str | os.PathLike = RESULTS) -> str:
     results = harness_results(results_dir)
     parts = [BEGIN, "",
              "# SD1.5 pipeline vs diffusers", "",
-             "Measured by `benchmarks/harness.py` (`latentdiff bench`, `benchmarks/bench_sd15.py`): our pipeline and diffusers' "
+             "Measured by `latentdiff/bench/harness.py` (`latentdiff bench`, `benchmarks/bench_sd15.py`): our pipeline and diffusers' "
              "`StableDiffusionPipeline` on the same random SD1.5-layout weights, in one process; written by "
              "`benchmarks/make_table.py` from the raw JSON in [`results/`](results/).", ""]
     if not any(data["machine"]["device"].startswith("cuda") for _, data in results):

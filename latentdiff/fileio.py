@@ -1,5 +1,6 @@
-"""Atomic writes: a temp file (or folder) beside the target, published with the normal mode, then renamed over it.
-Imports nothing of ours (the low layer); torch and safetensors only inside save_safetensors."""
+"""File IO of the low layer: atomic writes (a temp file or folder beside the target, published with the normal mode,
+then renamed over it) and YAML/JSON/safetensors readers whose failures are one line naming the file.
+Imports nothing of ours but `errors`; yaml, torch and safetensors only inside the functions that need them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .errors import LatentDiffError
 
 if TYPE_CHECKING:
     import torch
@@ -70,3 +73,54 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, me
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as indented JSON, atomically."""
+    import json
+
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A JSON file's value; a missing or unparsable file is one line naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LatentDiffError(f"no such {what}: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LatentDiffError(f"{path} is not a readable {what} ({str(e).splitlines()[0]})") from None
+
+
+def read_yaml(path: str | os.PathLike, *, mapping: bool = True) -> Any:
+    """A YAML file's value ({} when empty); a missing, unparsable or (with `mapping`) non-mapping file is one line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LatentDiffError(f"no such config file: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise LatentDiffError(f"{path} is not a readable YAML file ({str(e).splitlines()[0]})") from None
+    if value is None:
+        value = {}
+    if mapping and not isinstance(value, dict):
+        raise LatentDiffError(f"{path} does not hold a YAML mapping")
+    return value
+
+
+def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file; a missing or damaged file is one line naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentDiffError(f"no such weights file: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises SafetensorError/OSError for truncated or foreign files
+        raise LatentDiffError(f"{path} is not a readable .safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

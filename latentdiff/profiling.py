@@ -84,8 +84,26 @@ def load_arch_config(path: str | os.PathLike) -> tuple[str, ArchConfig, str]:
 
 
 def build_model(config: ArchConfig) -> nn.Module:
-    """The denoiser a config describes: our `UNet` or `DiT`."""
-    return DiT(config) if isinstance(config, DiTConfig) else UNet(config)
+    """The denoiser a config describes: our `UNet` or `DiT` (an SDXL U-Net with its added conditioning supplied)."""
+    if isinstance(config, DiTConfig):
+        return DiT(config)
+    return SDXLProfiled(UNet(config)) if config.addition_embed_type == "text_time" else UNet(config)
+
+
+class SDXLProfiled(nn.Module):
+    """An SDXL U-Net called as (x, t, context): pooled text and the six size numbers given as SDXL's 1024² defaults."""
+
+    def __init__(self, unet: UNet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        c, b = self.unet.config, x.shape[0]
+        n = 6 if c.projection_class_embeddings_input_dim > 6 * c.addition_time_embed_dim else 5  # refiner: 5 numbers
+        pooled = c.projection_class_embeddings_input_dim - n * c.addition_time_embed_dim
+        ids = torch.full((b, n), 1024.0, device=x.device, dtype=x.dtype)
+        added = {"text_embeds": torch.zeros(b, pooled, device=x.device, dtype=x.dtype), "time_ids": ids}
+        return self.unet(x, t, context, added_cond_kwargs=added)
 
 
 def example_inputs(config: ArchConfig, batch: int, size: int, tokens: int, *, device="cpu", dtype=torch.float32,

@@ -86,3 +86,26 @@ def check_fits(nbytes: float, what: str, device: torch.device | str = "cpu") -> 
     if nbytes > free:
         raise LatentDiffError(f"{what} needs about {nbytes / 2**30:,.0f} GiB but {device.type} has "
                               f"{free / 2**30:,.1f} GiB free; use a smaller size or fewer images")
+
+
+def configure_threads(threads: int | None) -> str | None:
+    """Apply `--threads N` (None: torch's choice); return a one-line hint when the CPU is oversubscribed, else None.
+
+    torch uses one thread per core; when other processes already keep the cores busy (1-minute load average ≥ the
+    core count), its threads wait on each other and fewer run faster (benchmarks/BENCHMARKS.md, cold start).
+    """
+    import os
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise LatentDiffError(f"--threads must be a positive whole number, got {threads}")
+        torch.set_num_threads(threads)
+        return None
+    cores, n = os.cpu_count() or 1, torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return None
+    if n > 1 and load >= cores:
+        return f"note: the CPU is busy (load {load:.1f} on {cores} cores); --threads 1 may be faster than torch's {n}"
+    return None

@@ -118,6 +118,37 @@ def tiny_single_file(tmp_path_factory, tiny_sd1):
     return save_single_file(tiny_sd1, tmp_path_factory.mktemp("models") / "tiny-sd1.safetensors")
 
 
+def fingerprint(components) -> tuple:
+    """What a test could change on shared components: every tensor, the settings, and the modules' own attributes
+    (a patched method or hook shows up there)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(components, name)
+        for key, tensor in module.state_dict().items():
+            h.update(key.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        for m in module.modules():
+            h.update(repr(sorted(k for k in vars(m) if not k.startswith("_"))).encode())
+            h.update(repr((m.training, len(m._forward_hooks), len(m._forward_pre_hooks))).encode())
+    return h.hexdigest(), repr(components.scheduler_config), repr(components.generation), components.kind
+
+
+@pytest.fixture(autouse=True)
+def _session_components_unchanged(request):
+    """No test mutates a session fixture: the tiny components a test used are the same after it."""
+    names = [n for n in ("tiny_sd1", "tiny_sd2") if n in request.fixturenames]
+    before = {n: fingerprint(request.getfixturevalue(n)) for n in names}
+    yield
+    for n in names:
+        assert fingerprint(request.getfixturevalue(n)) == before[n], f"{request.node.nodeid} changed the session fixture {n}"
+
+
+from sdxl_fixtures import (tiny_sdxl, tiny_sdxl_folder, tiny_sdxl_inpaint, tiny_sdxl_inpaint_folder,  # noqa: E402,F401
+                           tiny_sdxl_refiner, tiny_sdxl_refiner_folder)
+
+
 def with_text_bias(components, bias: float = 0.5):
     """A copy of the components whose CLIP final layer norm has a bias: a fresh LayerNorm leaves every token's mean at
     0, which makes A1111's mean-restoring emphasis divide by ~0 (trained CLIPs have a bias); U-Net and VAE are shared."""

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import uvicorn
 
+from helpers import free_port
 from latentdiff.server.a1111 import Limits
 from latentdiff.server.app import create_app, loopback_hosts
 from latentdiff.server.worker import Catalog
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @dataclass

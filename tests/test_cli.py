@@ -8,18 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from latentdiff.cli import main
+from helpers import run
 from latentdiff.hashes import model_hash
 from latentdiff.pipelines.params import read_png_params
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
 ARGS = ["--steps", "3", "--seed", "11", "--dtype", "fp32", "--guidance", "5"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def pixels(path) -> np.ndarray:
@@ -134,11 +128,10 @@ def test_model_folder_generation_config_sets_the_defaults(capsys, tmp_path, tiny
     """A folder's generation_config.json replaces 25 steps / CFG 7.5 / dpmpp_2m; flags and API arguments still win."""
     from latentdiff.checkpoints import load_components, save_diffusers_folder
 
-    tiny_sd1.generation = {"num_inference_steps": 2, "guidance_scale": 3.0, "sampler": "Euler a"}  # A1111's name is accepted
-    try:
-        folder = save_diffusers_folder(tiny_sd1, tmp_path / "model")
-    finally:
-        tiny_sd1.generation = {}
+    from dataclasses import replace
+
+    defaults = {"num_inference_steps": 2, "guidance_scale": 3.0, "sampler": "Euler a"}  # A1111's name is accepted
+    folder = save_diffusers_folder(replace(tiny_sd1, generation=defaults), tmp_path / "model")  # the fixture stays as it is
     assert json.loads((folder / "generation_config.json").read_text())["sampler"] == "Euler a"
     assert load_components(folder).generation == {"num_inference_steps": 2, "guidance_scale": 3.0, "sampler": "euler_a"}
     out = tmp_path / "a.png"

@@ -123,7 +123,9 @@ def test_vae_tiling_places_and_blends_tiles_exactly(tiny_sd1):
 
 
 def test_vae_tiling_on_a_real_decoder_keeps_shape_and_picture(tiny_sd1):
-    vae = tiny_sd1.vae
+    import copy
+
+    vae = copy.deepcopy(tiny_sd1.vae)  # tiling patches the decoder: not on the session fixture
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 20, 12, generator=g)  # 160×96 pixels: 3 tiles down, 2 across at tile 64
     small = torch.randn(1, 4, 8, 8, generator=g)
@@ -143,7 +145,7 @@ def test_vae_tiling_on_a_real_decoder_keeps_shape_and_picture(tiny_sd1):
 @pytest.mark.parametrize("tile, overlap, message", [(100, 0.25, "multiple of 8"), (8, 0.25, "at least 16"), (64, 0.6, "overlap")])
 def test_vae_tiling_bad_settings(tiny_sd1, tile, overlap, message):
     with pytest.raises(LatentDiffError, match=message):
-        fast.enable_vae_tiling(tiny_sd1.vae, tile=tile, overlap=overlap)
+        fast.enable_vae_tiling(tiny_sd1.vae.__class__.from_config(tiny_sd1.vae.config), tile=tile, overlap=overlap)
 
 
 def test_set_threads_checks_input():
@@ -157,8 +159,9 @@ def test_set_threads_checks_input():
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import harness
     import make_table
+
+    from latentdiff.bench import harness
 
     return harness, make_table
 

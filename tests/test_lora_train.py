@@ -12,7 +12,7 @@ from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.lora.io import read_lora
 from latentdiff.pipelines.params import read_png_params
-from latentdiff.training.train_lora import LoraTrainConfig, load_config, train_lora
+from latentdiff.training.lora import LoraTrainConfig, load_config, train_lora
 
 
 def make_images(folder, n, caption, colour, seed=0, sizes=((64, 64),)):

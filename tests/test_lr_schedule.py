@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentdiff.training.checkpointing import CSVLog
+from latentdiff.training.checkpoints import CSVLog
 from latentdiff.training.schedule import lr_factor
 
 from test_lora_train import config as lora_config
@@ -48,14 +48,14 @@ def test_from_scratch_loop_under_accumulation_and_resume_mid_decay(tmp_path, mon
     """grad_accum 2, warm-up 4, 12 steps, decay over the last 4: the logged LR is the schedule's at every step (it used to
     go 0.25→1.0 and never decay); a run that dies after step 10 and resumes from its step-9 checkpoint logs each step
     once, keeps its clock, and ends with the uninterrupted run's weights."""
-    from latentdiff.training.train import load_config, train_vae
+    from latentdiff.training.stages import load_config, train_vae
 
     shapes = make_shapes_dataset(tmp_path / "shapes")
     changes = {"train_vae.max_steps": 12, "train_vae.grad_accum": 2, "train_vae.batch_size": 4, "train_vae.warmup_steps": 4,
                "train_vae.decay_steps": 4, "train_vae.log_every": 1, "train_vae.checkpoint_every": 9, "train_vae.lr": 1e-3}
     whole = load_config(write_config(tmp_path / "whole.yaml", shapes, tmp_path / "whole", **changes))
     train_vae(whole, progress=False)
-    log = rows(tmp_path / "whole" / "vae" / "loss.csv")
+    log = rows(tmp_path / "whole" / "vae" / "log.csv")
     want = [1e-3 * lr_factor(s, "wsd", 4, 12, 4) for s in range(12)]
     assert [int(r["step"]) for r in log] == list(range(1, 13))
     assert [float(r["lr"]) for r in log] == pytest.approx(want, rel=1e-3)
@@ -72,15 +72,15 @@ def test_from_scratch_loop_under_accumulation_and_resume_mid_decay(tmp_path, mon
     with pytest.raises(Crash):
         train_vae(cut, progress=False)
     monkeypatch.setattr(CSVLog, "write", write)
-    assert [int(r["step"]) for r in rows(tmp_path / "cut" / "vae" / "loss.csv")] == list(range(1, 11))
+    assert [int(r["step"]) for r in rows(tmp_path / "cut" / "vae" / "log.csv")] == list(range(1, 11))
     train_vae(cut, resume=True, progress=False)
-    log2 = rows(tmp_path / "cut" / "vae" / "loss.csv")
+    log2 = rows(tmp_path / "cut" / "vae" / "log.csv")
     assert [int(r["step"]) for r in log2] == list(range(1, 13))  # step 10 once: the redone row replaced the lost one
     assert [float(r["lr"]) for r in log2] == pytest.approx(want, rel=1e-3)
     seconds = [float(r["seconds"]) for r in log2]
     assert seconds == sorted(seconds)  # the clock goes on from step 9's time
-    a = load_file(str(tmp_path / "whole" / "vae" / "checkpoint" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "vae" / "checkpoint" / "model.safetensors"))
+    a = load_file(str(tmp_path / "whole" / "vae" / "checkpoints" / "latest" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "vae" / "checkpoints" / "latest" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
@@ -92,7 +92,7 @@ def test_lora_loop_lr_and_resume_log(tiny_folder, data, tmp_path):  # noqa: F811
     kw = dict(max_steps=6, checkpoint_every=3, grad_accum=2, batch_size=2, lr=1e-3, lr_scheduler="linear", warmup_steps=2,
               log_every=1, eval_items=0)
     whole = lora_config(tiny_folder, data, tmp_path / "whole", **kw)
-    from latentdiff.training.train_lora import train_lora
+    from latentdiff.training.lora import train_lora
 
     result = train_lora(whole, progress=False)
     assert result.steps == 6

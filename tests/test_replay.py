@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 import latentdiff.runtime as runtime
+from helpers import run
 from latentdiff.cli import main
 from latentdiff.hashes import lora_hash, model_hash
 from latentdiff.lora.attach import random_state
@@ -16,12 +17,6 @@ from latentdiff.pipelines.params import read_png_params
 from latentdiff.pipelines.replay import apply_replay, from_a1111
 
 ARGS = ["--steps", "2", "--seed", "11", "--guidance", "5", "--width", "48", "--height", "64"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def messages(err: str) -> list[str]:

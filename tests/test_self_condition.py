@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentdiff.models.unet import UNet
-from latentdiff.training.diffusion import DiffusionLoss, LossConfig
+from latentdiff.training.loss import DiffusionLoss, LossConfig
 
 SCHED = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 

@@ -16,6 +16,8 @@ from latentdiff.server.worker import Catalog
 
 from server_helpers import start_server
 
+pytestmark = pytest.mark.slow  # a real browser drives the page
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]

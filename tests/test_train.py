@@ -66,7 +66,7 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(shapes, tmp_path_factory):
     """Both stages of the tiny recipe (8 steps each) and the export."""
-    from latentdiff.training.train import export, load_config, train_decoder, train_unet, train_vae
+    from latentdiff.training.stages import export, load_config, train_decoder, train_unet, train_vae
 
     base = tmp_path_factory.mktemp("run")
     cfg = load_config(write_config(base / "tiny.yaml", shapes, base / "out", **{
@@ -94,7 +94,7 @@ def test_decoder_stage_keeps_the_encoder(tiny_run):
     from latentdiff.checkpoints import load_components
 
     out = Path(tiny_run["cfg"].output_dir)
-    vae_stage, tuned = load_file(str(out / "vae/checkpoint/ema.safetensors")), load_file(str(out / "decoder/checkpoint/ema.safetensors"))
+    vae_stage, tuned = load_file(str(out / "vae/checkpoints/latest/ema.safetensors")), load_file(str(out / "decoder/checkpoints/latest/ema.safetensors"))
     assert all(torch.equal(vae_stage[k], tuned[k]) for k in vae_stage if ".encoder." in k or ".quant_conv." in k and "post" not in k)
     assert any(not torch.equal(vae_stage[k], tuned[k]) for k in vae_stage if ".decoder." in k)
     exported = load_components(tiny_run["folder"]).vae.state_dict()
@@ -105,10 +105,10 @@ def test_decoder_stage_keeps_the_encoder(tiny_run):
 def test_outputs_on_disk(tiny_run):
     out = Path(tiny_run["cfg"].output_dir)
     for stage in ("vae", "unet"):
-        ck = out / stage / "checkpoint"
+        ck = out / stage / "checkpoints" / "latest"
         assert {"arch.json", "model.safetensors", "ema.safetensors", "state.pt"} <= {p.name for p in ck.iterdir()}
         assert torch.load(ck / "state.pt", weights_only=False)["step"] == 8
-        rows = (out / stage / "loss.csv").read_text().splitlines()
+        rows = (out / stage / "log.csv").read_text().splitlines()
         assert rows[0].startswith("step,loss") and len(rows) == 5
         assert not list(ck.glob(".*tmp"))  # no half-written files left
     assert (out / "vae" / "samples" / "recon-000008.png").is_file()
@@ -138,7 +138,7 @@ def test_export_is_fp16_and_generates(tiny_run):
 
 def test_export_writes_the_configs_sampling_defaults(tiny_run, shapes):
     from latentdiff.checkpoints import load_components
-    from latentdiff.training.train import export, load_config
+    from latentdiff.training.stages import export, load_config
 
     base = tiny_run["base"]
     cfg = load_config(write_config(base / "gen.yaml", shapes, tiny_run["cfg"].output_dir,
@@ -148,15 +148,18 @@ def test_export_writes_the_configs_sampling_defaults(tiny_run, shapes):
 
 
 def test_resume_continues_and_refuses_other_architecture(tiny_run, shapes):
-    from latentdiff.training.train import load_config, train_vae
+    from latentdiff.training.stages import load_config, train_vae
 
-    base, out = tiny_run["base"], tiny_run["cfg"].output_dir
+    import shutil
+
+    base = tiny_run["base"]
+    out = shutil.copytree(tiny_run["cfg"].output_dir, base / "resumed", symlinks=True)  # the module's run stays as it is
     cfg = load_config(write_config(base / "more.yaml", shapes, out, **{"train_vae.max_steps": 10, "train_vae.sample_every": 0}))
     with pytest.raises(LatentDiffError, match="already holds a checkpoint; pass --resume"):
         train_vae(cfg, progress=False)
     losses = train_vae(cfg, resume=True, progress=False)
     assert len(losses) == 1  # steps 9–10 only
-    assert torch.load(Path(out) / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 10
+    assert torch.load(Path(out) / "vae" / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 10
     other = load_config(write_config(base / "other.yaml", shapes, out, **{"vae.block_out_channels": [8, 16, 32]}))
     with pytest.raises(LatentDiffError, match=r"^cannot resume: the checkpoint's vae has block_out_channels=\[8, 16, 16\], the config says \[8, 16, 32\]$"):
         train_vae(other, resume=True, progress=False)
@@ -170,7 +173,7 @@ def test_resume_continues_and_refuses_other_architecture(tiny_run, shapes):
     ({"generation": {"steps": 10}}, "generation: unknown key 'steps'"),
 ])
 def test_config_errors_name_the_key(tmp_path, shapes, changes, message):
-    from latentdiff.training.train import load_config
+    from latentdiff.training.stages import load_config
 
     with pytest.raises(LatentDiffError, match=f"^{message}"):
         load_config(write_config(tmp_path / "bad.yaml", shapes, tmp_path / "out", **changes))
@@ -186,7 +189,8 @@ def test_cli_prints_one_line_error(tmp_path, shapes, capsys):
 
 
 def test_bad_datasets(tmp_path, caplog):
-    from latentdiff.training.train import DataConfig, PixelCache
+    from latentdiff.training.config import DataConfig
+    from latentdiff.training.parts import PixelCache
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -209,9 +213,10 @@ def test_bad_datasets(tmp_path, caplog):
         PixelCache.load_or_build(DataConfig(root=str(uncaptioned), resolution=32), tmp_path / "c2.pt", progress=False)
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
     """`accelerate launch --num_processes 2 --cpu`: each process takes half the global batch; the first logged loss matches one process's."""
-    from latentdiff.training.train import load_config, train_vae
+    from latentdiff.training.stages import load_config, train_vae
 
     changes = {"train_vae.max_steps": 4, "train_vae.sample_every": 0, "train_vae.batch_size": 4, "train_vae.warmup_steps": 2,
                "train_vae.decay_steps": 2}
@@ -223,12 +228,12 @@ def test_two_process_accelerate_launch_matches_one_process(tmp_path, shapes):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "latentdiff.cli", "train", str(two), "--stage", "vae"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = (tmp_path / "two" / "vae" / "loss.csv").read_text().splitlines()[1:]
+    rows = (tmp_path / "two" / "vae" / "log.csv").read_text().splitlines()[1:]
     assert len(rows) == 2
     losses = [float(r.split(",")[1]) for r in rows]
     assert losses[0] == pytest.approx(single[0], rel=1e-2)  # same init, same global batch split in halves
     assert losses[1] < losses[0] and single[1] < single[0]
-    assert torch.load(tmp_path / "two" / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+    assert torch.load(tmp_path / "two" / "vae" / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 4
     lrs = [float(r.split(",")[2]) for r in rows]  # steps 2 and 4 of warm-up 2, decay 2: not stepped once per process
     assert lrs == pytest.approx([3e-3, 1.5e-3], rel=1e-3)
 
@@ -248,24 +253,24 @@ def test_warmup_stable_decay_schedule():
 
 def test_max_minutes_stops_at_a_log_step_with_a_checkpoint(shapes, tmp_path):
     """A time budget ends the stage early: the last step is a log step, checkpointed, and --resume goes on from it."""
-    from latentdiff.training.train import load_config, train_vae
+    from latentdiff.training.stages import load_config, train_vae
 
     cfg = load_config(write_config(tmp_path / "t.yaml", shapes, tmp_path / "out", **{
         "train_vae.max_steps": 1000, "train_vae.max_minutes": 1e-6, "train_vae.log_every": 3, "train_vae.sample_every": 0}))
     losses = train_vae(cfg, progress=False)
     assert len(losses) == 1  # stopped at the first log step, step 3
-    state = torch.load(tmp_path / "out" / "vae" / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(tmp_path / "out" / "vae" / "checkpoints" / "latest" / "state.pt", weights_only=False)
     assert state["step"] == 3
-    rows = (tmp_path / "out" / "vae" / "loss.csv").read_text().splitlines()
+    rows = (tmp_path / "out" / "vae" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["step", "3"]
     assert len(train_vae(cfg, resume=True, progress=False)) == 1  # each run gets its own budget: steps 4–6
-    assert torch.load(tmp_path / "out" / "vae" / "checkpoint" / "state.pt", weights_only=False)["step"] == 6
+    assert torch.load(tmp_path / "out" / "vae" / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 6
 
 
 def test_token_cache_matches_the_tokenizer():
     """Memoised ids are the tokenizer's ids, in the batch's order, repeats included."""
     from latentdiff.checkpoints.loader import load_tokenizer
-    from latentdiff.training.train import TokenCache, tokenize
+    from latentdiff.training.parts import TokenCache, tokenize
 
     tok = load_tokenizer(None, "sd1")
     cache = TokenCache(tok)
@@ -296,7 +301,7 @@ def test_ema_update_and_move():
 
 def test_posterior_mean_option(shapes, tmp_path):
     """train_unet.posterior takes "sample" (LDM) or "mean"; anything else is a one-line error naming the key."""
-    from latentdiff.training.train import load_config
+    from latentdiff.training.stages import load_config
 
     with pytest.raises(LatentDiffError, match="train_unet.posterior must be 'sample' or 'mean', got 'mode'"):
         load_config(write_config(tmp_path / "bad.yaml", shapes, tmp_path / "o", **{"train_unet.posterior": "mode"}))
@@ -305,7 +310,7 @@ def test_posterior_mean_option(shapes, tmp_path):
 
 def test_checkpoint_minutes_saves_by_the_clock(shapes, tmp_path, monkeypatch):
     """checkpoint_minutes > 0 checkpoints at every log step once that long has passed, besides checkpoint_every."""
-    import latentdiff.training.train as train
+    import latentdiff.training.stages as train
 
     saved = []
     real = train.save_checkpoint
@@ -316,3 +321,32 @@ def test_checkpoint_minutes_saves_by_the_clock(shapes, tmp_path, monkeypatch):
         "train_vae.log_every": 2, "train_vae.sample_every": 0}))
     train.train_vae(cfg, progress=False)
     assert saved == [2, 4, 6]  # every log step (the clock is always due), not only the last
+
+
+def test_resume_reads_the_old_layout_and_the_old_flag_order(shapes, tmp_path, caplog, capsys):
+    """A run written as `vae/checkpoint/` + `loss.csv` resumes (one note each) into checkpoints/step-N + latest and
+    log.csv; `train --resume CONFIG` is read as `train CONFIG --resume`; --resume PATH names one checkpoint."""
+    import shutil
+
+    from latentdiff.cli import main
+    from latentdiff.training.stages import load_config, train_vae
+
+    changes = {"train_vae.max_steps": 2, "train_vae.log_every": 1, "train_vae.checkpoint_every": 1, "train_vae.sample_every": 0}
+    cfg = load_config(write_config(tmp_path / "t.yaml", shapes, tmp_path / "out", **changes))
+    train_vae(cfg, progress=False)
+    vae = tmp_path / "out" / "vae"
+    assert sorted(p.name for p in (vae / "checkpoints").iterdir()) == ["latest", "step-000001", "step-000002"]
+    assert (vae / "checkpoints" / "latest").resolve() == (vae / "checkpoints" / "step-000002").resolve()
+    shutil.copytree(vae / "checkpoints" / "step-000002", vae / "checkpoint")  # as a run from before the new layout
+    shutil.rmtree(vae / "checkpoints")
+    (vae / "log.csv").rename(vae / "loss.csv")
+    more = write_config(tmp_path / "more.yaml", shapes, tmp_path / "out", **{**changes, "train_vae.max_steps": 3})
+    assert main(["train", "--resume", str(more), "--stage", "vae"]) == 0
+    assert "note: --resume takes an optional checkpoint now" in capsys.readouterr().err
+    assert "reading the old checkpoint layout" in caplog.text and "loss.csv is now log.csv" in caplog.text
+    assert [r.split(",")[0] for r in (vae / "log.csv").read_text().splitlines()] == ["step", "1", "2", "3"]
+    assert torch.load(vae / "checkpoints" / "latest" / "state.pt", weights_only=False)["step"] == 3
+    step3 = vae / "checkpoints" / "step-000003"
+    assert main(["train", str(more), "--stage", "vae", "--resume", str(step3)]) == 0  # already at max_steps: nothing to do
+    assert main(["train", str(more), "--resume", str(step3)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --resume CHECKPOINT names one stage's checkpoint; add --stage vae, unet or decoder"

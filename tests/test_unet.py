@@ -91,6 +91,7 @@ def test_weights_of_another_shape_name_the_key():
         build_unet(UNetConfig.from_diffusers(dict(ref.config)), state, "test")
 
 
+@pytest.mark.slow
 def test_full_sd15_layout_parity():
     """The real SD1.5 U-Net (860M parameters), one forward at 64×64 latents on CPU."""
     torch.manual_seed(0)

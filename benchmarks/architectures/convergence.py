@@ -6,7 +6,7 @@ real trainer on VAE latents when it lands. What this driver does instead, and sa
     [-1, 1] and used directly as the "latents" (3 channels instead of 4, no VAE); the builder's train/holdout split;
   * text: captions through the shipped CLIP tokenizer and a frozen, randomly initialised 2-layer CLIP text encoder
     (width 64, 16 tokens), the same for every variant;
-  * objective: latentdiff.training.diffusion.DiffusionLoss (ε-prediction, SD's scaled-linear schedule), AdamW,
+  * objective: latentdiff.training.loss.DiffusionLoss (ε-prediction, SD's scaled-linear schedule), AdamW,
     linear warm-up, the same batches, timesteps and noise for every variant (one seed);
   * metric: held-out denoising loss at fixed timesteps and fixed noise (the default model's judge was not available),
     plus a grid of DDIM samples for the eye.
@@ -120,7 +120,7 @@ def train_variant(name: str, cfg, data: dict, args) -> tuple[dict, torch.Tensor]
     """Train one architecture for args.steps steps; returns its record and its DDIM samples."""
     from latentdiff.models.dit import count_parameters
     from latentdiff.profiling import build_model, count_flops
-    from latentdiff.training.diffusion import DiffusionLoss
+    from latentdiff.training.loss import DiffusionLoss
 
     torch.manual_seed(args.seed)
     model = build_model(cfg).train()

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,15 +23,9 @@ from pathlib import Path
 import requests
 import torch
 
+from latentdiff.bench import free_port
+
 PROMPT = "a red apple"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def cold_cli(runs: int) -> list[float]:

@@ -41,6 +41,7 @@ class Entry:
     diffusers: tuple[str, ...]  # one name; three for a fused q/k/v; none for a tensor SD does not use
     shape: Shape                # shape of each diffusers tensor (of the LDM tensor for an unused one)
     kind: str = "copy"          # copy | conv1x1 (LDM 1x1 conv ⇄ Linear) | qkv (fused in_proj ⇄ q, k, v) | unused
+                                # | transpose (OpenCLIP's x @ P ⇄ Linear weight Pᵀ)
     checked: bool = True        # False: any shape is accepted on read (OpenCLIP's text_projection)
 
     @property
@@ -50,6 +51,8 @@ class Entry:
             return (*self.shape, 1, 1)
         if self.kind == "qkv":
             return (3 * self.shape[0], *self.shape[1:])
+        if self.kind == "transpose":
+            return self.shape[::-1]
         return self.shape
 
 
@@ -91,6 +94,7 @@ class UNetLayout:
     linear_projection: bool              # proj_in/proj_out are Linear (SD2) rather than 1x1 convs (SD1)
     in_channels: int = 4                 # 9 for inpainting
     out_channels: int = 4
+    adm_in_channels: int = 0             # SDXL's added embedding input (label_emb ⇄ add_embedding); 0 = none
 
 
 def _unet_resnet(ldm: str, dif: str, cin: int, cout: int, temb: int) -> list[Entry]:
@@ -132,6 +136,9 @@ def unet_entries(u: UNetLayout) -> list[Entry]:
     out = (_linear(f"{UNET}time_embed.0", "time_embedding.linear_1", c[0], temb)
            + _linear(f"{UNET}time_embed.2", "time_embedding.linear_2", temb, temb)
            + _conv(f"{UNET}input_blocks.0.0", "conv_in", u.in_channels, c[0]))
+    if u.adm_in_channels:  # SDXL: pooled text + micro-conditioning features → MLP
+        out += (_linear(f"{UNET}label_emb.0.0", "add_embedding.linear_1", u.adm_in_channels, temb)
+                + _linear(f"{UNET}label_emb.0.2", "add_embedding.linear_2", temb, temb))
     skips = [c[0]]  # channels of every down-path output the up path concatenates back, in push order
     block, cin = 1, c[0]
     for level, cout in enumerate(c):  # input_blocks: per level, lpb x [resnet, transformer?], then a downsampler
@@ -302,8 +309,8 @@ def _count(state: Iterable[str], prefix: str) -> int:
     return 1 + max((int(n) for n in found if n.isdigit()), default=-1)
 
 
-def unet_layout_from_ldm(state: Mapping[str, torch.Tensor]) -> UNetLayout:
-    """Levels, widths and attention of an LDM U-Net, read from its keys and shapes."""
+def unet_layout_from_ldm(state: Mapping[str, torch.Tensor], added: bool = False) -> UNetLayout:
+    """Levels, widths and attention of an LDM U-Net, read from its keys and shapes; `added`: SDXL's label_emb too."""
     what = "U-Net"
     n_in = _count(state, f"{UNET}input_blocks.")  # conv_in + levels * lpb resnets + (levels - 1) downsamplers
     levels = 1 + sum(f"{UNET}input_blocks.{i}.0.op.weight" in state for i in range(n_in))
@@ -321,6 +328,7 @@ def unet_layout_from_ldm(state: Mapping[str, torch.Tensor]) -> UNetLayout:
         linear_projection=len(shape_of(state, f"{mid}.proj_in.weight", what)) == 2,
         in_channels=shape_of(state, f"{UNET}input_blocks.0.0.weight", what)[1],
         out_channels=shape_of(state, f"{UNET}out.2.weight", what)[0],
+        adm_in_channels=shape_of(state, f"{UNET}label_emb.0.0.weight", what)[1] if added else 0,
     )
 
 
@@ -337,6 +345,7 @@ def unet_layout_from_diffusers(state: Mapping[str, torch.Tensor]) -> UNetLayout:
         linear_projection=len(shape_of(state, f"{mid}.proj_in.weight", what)) == 2,
         in_channels=shape_of(state, "conv_in.weight", what)[1],
         out_channels=shape_of(state, "conv_out.weight", what)[0],
+        adm_in_channels=shape_of(state, "add_embedding.linear_1.weight", what)[1] if "add_embedding.linear_1.weight" in state else 0,
     )
 
 
@@ -429,6 +438,8 @@ def to_diffusers(state: Mapping[str, torch.Tensor], entries: list[Entry], what: 
             _check(e.ldm, t, e.ldm_shape, what)
         if e.kind == "qkv":
             out.update(zip(e.diffusers, (piece.clone() for piece in t.chunk(3, dim=0))))  # clone: no shared storage
+        elif e.kind == "transpose":
+            out[e.diffusers[0]] = t.T.contiguous()  # (hidden, proj) → Linear weight (proj, hidden)
         elif e.kind != "unused":
             out[e.diffusers[0]] = t.reshape(e.shape)  # conv1x1: (C, C, 1, 1) → (C, C)
     return out
@@ -458,7 +469,10 @@ def to_ldm(state: Mapping[str, torch.Tensor], entries: list[Entry], what: str) -
             _check(name, state[name], e.shape, what)
         used.update(e.diffusers)
         parts = [state[name] for name in e.diffusers]
-        out[e.ldm] = torch.cat(parts, dim=0) if e.kind == "qkv" else parts[0].reshape(e.ldm_shape)
+        if e.kind == "transpose":
+            out[e.ldm] = parts[0].T.contiguous()
+        else:
+            out[e.ldm] = torch.cat(parts, dim=0) if e.kind == "qkv" else parts[0].reshape(e.ldm_shape)
     extra = next((k for k in state if k not in used), None)
     if extra is not None:
         raise LatentDiffError(f"{what}: unexpected key {extra}")

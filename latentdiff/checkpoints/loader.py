@@ -35,6 +35,13 @@ class Components:
     single_file: bool = False
     extra: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)  # the model's own sampling defaults (generation_config.json)
+    text_encoder_2: "CLIPTextModelWithProjection | None" = None  # noqa: F821  SDXL's OpenCLIP ViT-bigG
+    tokenizer_2: "CLIPTokenizer | None" = None  # noqa: F821
+
+    @property
+    def is_sdxl(self) -> bool:
+        """True for the SDXL family (its U-Net takes the pooled text and micro-conditioning: "text_time")."""
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
     @property
     def prediction_type(self) -> str:
@@ -190,18 +197,39 @@ def load_diffusers_folder(path: Path, *, allow_pickle: bool = False, prediction_
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
+    from .direct import DEFAULT_TOKENIZER, direct_text_encoder, direct_vae  # cold-start fast paths, None when not plain
+
     unet_dir = path / "unet"
     config = UNetConfig.from_folder_config(_read_json(unet_dir / "config.json"))
     unet = build_unet(config, _read_weights(_weights_file(unet_dir, "diffusion_pytorch_model", allow_pickle)), str(unet_dir))
-    vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
-    text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle)
+    vae = direct_vae(path / "vae")
+    if vae is None:
+        vae = _load_pretrained(AutoencoderKL, path / "vae", "VAE", "diffusion_pytorch_model", allow_pickle)
     kind = "sd2" if config.use_linear_projection else "sd1"
-    tokenizer = load_tokenizer(path / "tokenizer", kind)
+    xl: dict = {}
+    if config.addition_embed_type == "text_time":  # SDXL: a second encoder; the refiner has only that one
+        from . import sdxl
+
+        index = _read_json(path / "model_index.json")
+        has_first = (path / "text_encoder").is_dir() and (index.get("text_encoder") or [None])[0] is not None
+        kind = sdxl.sdxl_kind(has_first, config.in_channels, vae.config.latent_channels)
+        text_encoder_2, tokenizer_2 = sdxl.load_second_encoder(path, _load_pretrained, load_tokenizer, allow_pickle)
+        xl = dict(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, extra=sdxl.read_options(index, kind))
+    text_encoder = tokenizer = None
+    if kind != "sdxl_refiner":
+        text_encoder = direct_text_encoder(path / "text_encoder")
+        if text_encoder is None:
+            text_encoder = _load_pretrained(CLIPTextModel, path / "text_encoder", "text encoder", "model", allow_pickle)
+        text_encoder = text_encoder.eval()
+        tokenizer_dir = path / "tokenizer"
+        if tokenizer_dir.resolve() == DEFAULT_TOKENIZER:  # the embedded model: the same tables as vocab+merges, 6x faster
+            tokenizer_dir = bundled_tokenizer_dir("sd1")
+        tokenizer = load_tokenizer(tokenizer_dir, "sd2" if kind == "sd2" else "sd1")
     scheduler_config = _read_json(path / "scheduler" / "scheduler_config.json")
     if prediction_type:
         scheduler_config["prediction_type"] = prediction_type
-    return Components(unet, vae.eval(), text_encoder.eval(), tokenizer, scheduler_config, kind=kind, source=str(path),
-                      generation=read_generation_config(path / GENERATION_CONFIG))
+    return Components(unet, vae.eval(), text_encoder, tokenizer, scheduler_config, kind=kind, source=str(path),
+                      generation=read_generation_config(path / GENERATION_CONFIG), **xl)
 
 
 def load_single_file(path: Path, *, allow_pickle: bool = False, prediction_type: str | None = None) -> Components:
@@ -209,8 +237,14 @@ def load_single_file(path: Path, *, allow_pickle: bool = False, prediction_type:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from .sdxl_single import is_sdxl_file
     from .single_file import read_single_file
 
+    if is_sdxl_file(path):  # SGM/A1111 SDXL layout (conditioner.embedders.*)
+        from .sdxl_single import read_sdxl_file
+        from .single_file import load_state_dict
+
+        return read_sdxl_file(path, load_state_dict(path), prediction_type=prediction_type)
     parts = read_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
     unet = build_unet(UNetConfig.from_diffusers(parts.unet_config), parts.unet_state, f"{path} (U-Net)")
     with torch.device("meta"):
@@ -260,6 +294,10 @@ def save_single_file(c: Components, path: str | os.PathLike, dtype: torch.dtype 
     """Write one LDM-layout `.safetensors` (A1111/CompVis keys); our component configs ride in its metadata."""
     from .single_file import write_single_file
 
+    if c.is_sdxl:
+        from .sdxl_single import write_sdxl_file
+
+        return write_sdxl_file(c, path, dtype)
     configs = {"unet": c.unet.config.to_diffusers(), "vae": dict(c.vae.config),
                "text_encoder": c.text_encoder.config.to_dict(), "scheduler": dict(c.scheduler_config)}
     return write_single_file(path, kind=c.kind, unet_state=c.unet.state_dict(), vae_state=c.vae.state_dict(),
@@ -280,8 +318,9 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
         (tmp / "unet" / "config.json").write_text(json.dumps(c.unet.config.to_folder_config(), indent=2))
         save_file({k: v.contiguous() for k, v in c.unet.state_dict().items()}, str(tmp / "unet" / "diffusion_pytorch_model.safetensors"))
         c.vae.save_pretrained(str(tmp / "vae"))
-        c.text_encoder.save_pretrained(str(tmp / "text_encoder"))
-        c.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        if c.text_encoder is not None:  # the SDXL refiner has only text_encoder_2
+            c.text_encoder.save_pretrained(str(tmp / "text_encoder"))
+            c.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "scheduler").mkdir()
         sched = {"_class_name": "PNDMScheduler", **{k: v for k, v in c.scheduler_config.items() if k != "_class_name"}}
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
@@ -291,6 +330,11 @@ def save_diffusers_folder(c: Components, path: str | os.PathLike) -> Path:
                  "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
                  "scheduler": ["diffusers", sched["_class_name"]], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "requires_safety_checker": False}
+        if c.is_sdxl:
+            from .sdxl import write_extras
+
+            index = {k: v for k, v in index.items() if k not in ("safety_checker", "feature_extractor", "requires_safety_checker")}
+            index.update(write_extras(c, tmp))
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if c.generation:
             (tmp / GENERATION_CONFIG).write_text(json.dumps(c.generation, indent=2))

@@ -126,7 +126,8 @@ def sidecar_prediction_type(path: Path) -> str | None:
 def detect_kind(state: Mapping[str, torch.Tensor]) -> str:
     """"sd1" or "sd2", from the text encoder's keys and the U-Net's context width; LatentDiffError otherwise."""
     if any(k.startswith("conditioner.embedders.") for k in state):
-        raise LatentDiffError("this is an SDXL-style checkpoint (conditioner.embedders.* keys); only SD 1.x/2.x are supported")
+        raise LatentDiffError("this is an SDXL-style checkpoint (conditioner.embedders.* keys); SDXL loads from "
+                              ".safetensors files only: convert the pickle to .safetensors")
     if not any(k.startswith(K.UNET) for k in state):
         if "conv_in.weight" in state or any(k.startswith("down_blocks.") for k in state):
             raise LatentDiffError("this is a diffusers U-Net state dict, not an LDM checkpoint (no model.diffusion_model.* keys)")

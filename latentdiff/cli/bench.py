@@ -1,4 +1,7 @@
-"""`latentdiff bench`: the side-by-side benchmark against diffusers (benchmarks/harness.py) from the command line."""
+"""`latentdiff bench`: the side-by-side benchmark against diffusers (latentdiff.bench.harness) from the command line.
+
+The harness ships in the package, so it runs from an installed wheel; regenerating BENCHMARKS.md (`--table`, or
+`--out` into benchmarks/results/) uses benchmarks/make_table.py and needs a source checkout."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ def load_bench_module(name: str):
     """Import benchmarks/<name>.py from the source tree; one-line error where it is not there (wheel installs)."""
     path = BENCH_DIR / f"{name}.py"
     if not path.is_file():
-        raise LatentDiffError(f"{path} not found: `latentdiff bench` runs from a source checkout (git clone, pip install -e .)")
+        raise LatentDiffError(f"{path} not found: writing the BENCHMARKS.md table needs a source checkout (git clone, pip install -e .)")
     key = f"latentdiff_benchmarks_{name}"
     if key not in sys.modules:
         spec = importlib.util.spec_from_file_location(key, path)
@@ -75,14 +78,14 @@ def cmd_bench(args) -> int:
             raise LatentDiffError(f"output folder does not exist: {table.parent}")
         print(load_bench_module("make_table").write_table(table))
         return 0
-    make_table = load_bench_module("make_table")
     if args.steps <= 0 or args.size <= 0 or args.size % 8 or args.latent <= 0:
         raise LatentDiffError("--steps and --latent must be positive and --size a positive multiple of 8")
     if args.model:
         from ..checkpoints.loader import resolve_model
 
         args.model = resolve_model(args.model)
-    harness = load_bench_module("harness")
+    from ..bench import harness
+
     settings = harness.settings_from_args(args)
     try:
         result = harness.run(settings, args.out)
@@ -95,6 +98,6 @@ def cmd_bench(args) -> int:
               f"image {'-' if e2e is None else f'{e2e:.2f} s'}  {row.get('error', '')}".rstrip())
     if args.out:
         print(f"raw results: {args.out}")
-        if Path(args.out).resolve().parent == make_table.RESULTS.resolve():
-            print(make_table.write_table())
+        if Path(args.out).resolve().parent == (BENCH_DIR / "results").resolve():  # only in a source checkout
+            print(load_bench_module("make_table").write_table())
     return 0

@@ -53,6 +53,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
     p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
+    p.add_argument("--vae", metavar="PATH", help="a separate VAE (diffusers vae folder or .safetensors) instead of the model's")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -153,9 +155,13 @@ def check_request(p, num: int) -> None:
 def check_runtime(args) -> None:
     """--device, --dtype and --attention known here, before any model loads."""
     from ..models.attention import BACKENDS
-    from ..runtime import parse_device, parse_dtype
+    from ..runtime import parse_device, parse_dtype, configure_threads
 
-    parse_dtype(args.dtype, parse_device(args.device))
+    device = parse_device(args.device)
+    parse_dtype(args.dtype, device)
+    hint = configure_threads(getattr(args, "threads", None))  # --threads N; else a hint when the CPU is oversubscribed
+    if hint and device.type == "cpu" and sys.stderr.isatty():  # for people at a terminal; logs and tests stay clean
+        print(hint, file=sys.stderr)
     if args.attention not in BACKENDS:
         raise LatentDiffError(f"unknown attention {args.attention!r}; choose one of {', '.join(BACKENDS)}")
 

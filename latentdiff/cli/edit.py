@@ -88,7 +88,8 @@ def _load_pipeline(args):
     embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
-                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile)
+                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile,
+                                                   vae=args.vae)
     pipe.embeddings.update(embeddings)
     report_fast(pipe, args)
     if args.model in (None, "default"):

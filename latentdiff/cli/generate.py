@@ -16,6 +16,9 @@ def add_generate_parsers(sub) -> None:
     g.add_argument("--replay", metavar="PNG", help="draw again the image a PNG (ours or A1111's) was made with; flags override its settings")
     add_model_args(g)
     add_sampling_args(g)
+    g.add_argument("--refiner", metavar="PATH", help="SDXL refiner (folder or file) that finishes the base's image")
+    g.add_argument("--refiner-switch", type=float, default=0.8, metavar="F",
+                   help="fraction of the schedule the base runs before the refiner takes over (default 0.8)")
     h = g.add_argument_group("hires fix (A1111's: draw at the base size, upscale, redraw as img2img)")
     h.add_argument("--hires-scale", type=float, default=None, help="turn the hires fix on: final size = base × SCALE (A1111's Hires upscale)")
     h.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default 0: as many as --steps)")
@@ -57,12 +60,19 @@ def cmd_generate(args) -> int:
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
                                                    attention=args.attention, allow_pickle=args.allow_pickle,
                                                    fast=args.fast, compile=args.compile,
-                                                   prediction_type=args.prediction_type)
+                                                   prediction_type=args.prediction_type, vae=args.vae)
     report_fast(pipe, args)
     if model in (None, "default"):
         pipe.model_name = "default"
     for path, weight in loras:
         pipe.load_lora(path, weight=weight)
+    xl = {}
+    if args.refiner:  # SDXL base → refiner hand-off (pipelines.sdxl.refine checks both are SDXL)
+        from ..pipelines.sdxl import check_switch
+
+        xl = dict(refiner_switch=check_switch(args.refiner_switch),
+                  refiner=LatentDiffusionPipeline.from_pretrained(args.refiner, device=args.device, dtype=args.dtype,
+                                                                  attention=args.attention, allow_pickle=args.allow_pickle))
     pipe.embeddings.update(embeddings)
     draw = pipe
     if hires is not None:
@@ -73,7 +83,7 @@ def cmd_generate(args) -> int:
         draw = partial(hires_fix, pipe, hires=hires)
     out = draw(p.prompt, p.negative_prompt, num_inference_steps=p.steps, guidance_scale=p.guidance_scale, sampler=p.sampler,
                seed=p.seed, height=p.height, width=p.width, num_images=num, guidance_rescale=p.guidance_rescale,
-               clip_skip=p.clip_skip, schedule=p.schedule)
+               clip_skip=p.clip_skip, schedule=p.schedule, **xl)
     return save_outputs(out, paths)
 
 
@@ -95,16 +105,25 @@ def cmd_info(args) -> int:
         return ",".join(sorted({str(p.dtype).replace("torch.", "") for p in m.parameters()}))
 
     print(f"model            {c.source}")
-    print(f"layout           {c.kind.upper()}{' inpainting' if u.in_channels == 9 else ''}")
+    family = {"sdxl": "SDXL base", "sdxl_refiner": "SDXL refiner", "sdxl_inpaint": "SDXL"}.get(c.kind, c.kind.upper())
+    print(f"layout           {family}{' inpainting' if u.in_channels == 9 else ''}")
     print(f"prediction type  {c.prediction_type}")
     print(f"U-Net            {count(c.unet)} params, {dtypes(c.unet)}; channels {list(u.block_out_channels)}, "
           f"{u.layers_per_block} blocks/level, attention {['yes' if a else 'no' for a in u.attention_levels]}, "
           f"heads {list(u.num_heads)}, context {u.cross_attention_dim}, in {u.in_channels} → out {u.out_channels}")
+    if c.is_sdxl:
+        numbers = (u.projection_class_embeddings_input_dim - c.text_encoder_2.config.projection_dim) // u.addition_time_embed_dim
+        print(f"SDXL             transformer depth {[d if a else 0 for d, a in zip(u.level_depth, u.attention_levels)]}, added embedding: pooled text + {numbers} "
+              f"micro-conditioning numbers{' (with aesthetic score)' if numbers == 5 else ''}; "
+              f"empty negative → zeros: {'yes' if c.extra.get('force_zeros_for_empty_prompt') else 'no'}")
     v = c.vae.config
     print(f"VAE              {count(c.vae)} params, {dtypes(c.vae)}; {2 ** (len(v.block_out_channels) - 1)}× down, "
           f"{v.latent_channels} latent channels, scaling {v.scaling_factor}")
-    t = c.text_encoder.config
-    print(f"text encoder     {count(c.text_encoder)} params, {dtypes(c.text_encoder)}; {t.num_hidden_layers} layers, width {t.hidden_size}")
+    for label, enc in (("text encoder  ", c.text_encoder), ("text encoder 2", c.text_encoder_2)):  # SDXL: CLIP-L + bigG
+        if enc is not None:
+            t = enc.config
+            proj = f", pooled projection {t.projection_dim}" if label.strip().endswith("2") else ""
+            print(f"{label}   {count(enc)} params, {dtypes(enc)}; {t.num_hidden_layers} layers, width {t.hidden_size}{proj}")
     print(f"scheduler        {c.scheduler_config.get('_class_name', '?')}, {c.scheduler_config.get('beta_schedule', '?')}")
     side = u.sample_size * 2 ** (len(v.block_out_channels) - 1)
     print(f"native size      {side}×{side}")

@@ -10,9 +10,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="train a model from scratch from a YAML recipe (vae → unet → export)",
                               description="Train the VAE, then the U-Net with its text encoder, then export a diffusers "
                                           "folder (fp16). Runs under `accelerate launch` too.")
-    t.add_argument("config", help="YAML recipe, e.g. configs/default-model.yaml")
+    t.add_argument("config", nargs="?", default=None, help="YAML recipe, e.g. configs/default-model.yaml")
     t.add_argument("--stage", default="all", choices=["vae", "unet", "decoder", "export", "all"], help="which stage (default all)")
-    t.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from each stage's latest checkpoint (or, with one --stage, the given checkpoint folder)")
     t.add_argument("--out", default=None, help="export folder (default OUTPUT_DIR/model)")
     t.set_defaults(func=run_train)
 
@@ -31,9 +32,19 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .common import removed_on_failure
-    from latentdiff.training.train import load_config, run
+    import sys
 
+    from latentdiff.errors import LatentDiffError
+    from latentdiff.training.config import load_config
+    from latentdiff.training.stages import run
+
+    from .common import removed_on_failure
+
+    if args.config is None and args.resume and args.resume.endswith((".yaml", ".yml")):  # the old `train --resume CONFIG`
+        args.config, args.resume = args.resume, "latest"
+        print("note: --resume takes an optional checkpoint now; write `latentdiff train CONFIG --resume`", file=sys.stderr)
+    if args.config is None:
+        raise LatentDiffError("train needs a YAML recipe (e.g. configs/default-model.yaml)")
     cfg = load_config(args.config)  # every value checked before anything is cached or trained
     with removed_on_failure(cfg.output_dir):
         out = run(args.config, stage=args.stage, resume=args.resume, out=args.out)

@@ -36,7 +36,7 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train_lora(args: argparse.Namespace) -> int:
     """Load the recipe with overrides, train, print the files written and the fixed-noise loss before/after."""
     from ..training.lora_config import load_config
-    from ..training.train_lora import train_lora
+    from ..training.lora import train_lora
 
     overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_") and v is not None}
     cfg = load_config(args.config, overrides)

@@ -34,7 +34,8 @@ class EvalResult:
 
 def load_real(root: str, resolution: int, work: Path, progress: bool = True):
     """All real images (train + held-out) at the model's resolution, cached in work/."""
-    from ..training.train import DataConfig, PixelCache
+    from ..training.config import DataConfig
+    from ..training.parts import PixelCache
 
     return PixelCache.load_or_build(DataConfig(root=root, resolution=resolution, split="all"), work / f"pixels-{resolution}-all.pt", progress)
 
@@ -96,7 +97,7 @@ def main_eval(args) -> int:
 
     from ..checkpoints.loader import resolve_model
     from ..pipelines.text_to_image import LatentDiffusionPipeline
-    from ..training.checkpointing import write_json
+    from ..fileio import write_json
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -39,14 +39,16 @@ def text_prefix(text_encoder: nn.Module) -> str:
     return "" if hasattr(text_encoder, "text_model") else "text_model."
 
 
-def component_modules(unet: nn.Module | None, text_encoder: nn.Module | None = None) -> dict[str, nn.Module]:
-    """Canonical key ('unet.…', 'text_encoder.text_model.…') → every Linear/Conv2d a LoRA can adapt (or its peft wrapper)."""
+def component_modules(unet: nn.Module | None, text_encoder: nn.Module | None = None,
+                      text_encoder_2: nn.Module | None = None) -> dict[str, nn.Module]:
+    """Canonical key ('unet.…', 'text_encoder.text_model.…', SDXL's 'text_encoder_2.text_model.…') → every
+    Linear/Conv2d a LoRA can adapt (or its peft wrapper)."""
     tuner = _tuner_layer_cls()
     out: dict[str, nn.Module] = {}
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
+    for component, model in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         if model is None:
             continue
-        prefix = f"{component}." + (text_prefix(model) if component == "text_encoder" else "")
+        prefix = f"{component}." + (text_prefix(model) if component != "unet" else "")
         wrapped: list[str] = []
         for name, module in model.named_modules():
             if any(name.startswith(w + ".") for w in wrapped):
@@ -59,10 +61,11 @@ def component_modules(unet: nn.Module | None, text_encoder: nn.Module | None = N
     return out
 
 
-def model_path(key: str, text_encoder: nn.Module | None) -> tuple[str, str]:
+def model_path(key: str, text_encoder: nn.Module | None, text_encoder_2: nn.Module | None = None) -> tuple[str, str]:
     """Canonical key → (component, path inside that component's model)."""
     component, path = split_key(key)
-    if component == "text_encoder" and text_encoder is not None and text_prefix(text_encoder):
+    model = text_encoder_2 if component == "text_encoder_2" else text_encoder
+    if component != "unet" and model is not None and text_prefix(model):
         path = path.removeprefix("text_model.")
     return component, path
 
@@ -131,12 +134,13 @@ def inject(model: nn.Module, modules: Mapping[str, LoraModule], adapter: str, *,
 
 
 @torch.no_grad()
-def attach_state(unet: nn.Module, text_encoder: nn.Module | None, state: LoraState, adapter: str) -> int:
-    """Inject `adapter` into the U-Net/text encoder and copy the state's weights in; returns the layer count."""
-    modules = component_modules(unet, text_encoder)
+def attach_state(unet: nn.Module, text_encoder: nn.Module | None, state: LoraState, adapter: str,
+                 text_encoder_2: nn.Module | None = None) -> int:
+    """Inject `adapter` into the U-Net/text encoder(s) and copy the state's weights in; returns the layer count."""
+    modules = component_modules(unet, text_encoder, text_encoder_2)
     fitted = check_fits(state, modules)
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
-        part = {model_path(k, text_encoder)[1]: m for k, m in fitted.items() if split_key(k)[0] == component}
+    for component, model in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
+        part = {model_path(k, text_encoder, text_encoder_2)[1]: m for k, m in fitted.items() if split_key(k)[0] == component}
         if not part:
             continue
         if model is None:

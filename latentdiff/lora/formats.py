@@ -24,8 +24,10 @@ import torch
 
 from ..errors import LatentDiffError
 
-COMPONENTS = ("unet", "text_encoder")
-KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's OpenCLIP bigG
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+# kohya's SDXL files call the first encoder te1 (and the U-Net by its SGM names: lora.sdxl.kohya_aliases).
+KOHYA_COMPONENTS = (("lora_unet_", "unet"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"), ("lora_te_", "text_encoder"))
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header entry holding LoraConfig kwargs per component
 ANY_COMPONENT = "*"  # diffusers_configs' key for an unprefixed LoraConfig (a single model's save_lora_adapter)
 _UNSUPPORTED = {  # tensor-name parts (after the layer name) of adapter kinds that are not plain LoRA
@@ -68,8 +70,6 @@ def check_unsupported(keys: Iterable[str]) -> None:
         for part, kind in _UNSUPPORTED.items():
             if any(t.startswith(part) if part.endswith("_") else t == part for t in tail) or ".".join(tail) == part:
                 raise LatentDiffError(f"{kind} adapters are not supported (key {key}); only plain LoRA is")
-        if key.startswith(("lora_te1_", "lora_te2_")):
-            raise LatentDiffError(f"this is an SDXL LoRA (key {key}); only SD 1.x/2.x LoRAs are supported")
 
 
 def detect_format(keys: Iterable[str]) -> str:
@@ -78,7 +78,7 @@ def detect_format(keys: Iterable[str]) -> str:
     if not keys:
         raise LatentDiffError("the LoRA file holds no tensors")
     check_unsupported(keys)
-    if all(k.startswith(("lora_unet_", "lora_te_")) for k in keys):
+    if all(k.startswith(tuple(p for p, _ in KOHYA_COMPONENTS)) for k in keys):
         return "kohya"
     if any(".lora_A." in k or ".lora_B." in k for k in keys):
         return "peft"
@@ -96,7 +96,7 @@ def _component_of(key: str) -> tuple[str, str]:
     component, path = split_key(key)
     if component not in COMPONENTS:
         component, path = ("text_encoder" if key.startswith("text_model.") else "unet"), key
-    if component == "text_encoder" and not path.startswith("text_model."):
+    if component.startswith("text_encoder") and not path.startswith("text_model."):
         path = "text_model." + path  # transformers ≥ 5 dropped the wrapper from module paths; files keep it
     return component, path
 
@@ -227,9 +227,15 @@ def kohya_name(key: str) -> str:
     return KOHYA_PREFIX[component] + path.replace(".", "_")
 
 
-def from_kohya(tensors: Mapping[str, torch.Tensor], module_keys: Iterable[str]) -> LoraState:
-    """`lora_unet_…` names mapped back through the model's own module keys (underscores are ambiguous)."""
-    index = {kohya_name(k): k for k in module_keys}
+def kohya_component(name: str) -> str:
+    """The component a kohya module name belongs to (lora_unet_ → unet, lora_te1_/lora_te_ → text_encoder, ...)."""
+    return next(c for p, c in KOHYA_COMPONENTS if name.startswith(p))
+
+
+def from_kohya(tensors: Mapping[str, torch.Tensor], module_keys: Iterable[str], aliases: Mapping[str, str] | None = None) -> LoraState:
+    """`lora_unet_…` names mapped back through the model's own module keys (underscores are ambiguous);
+    `aliases` adds more kohya names per module key (SDXL: te1 and the U-Net's SGM names)."""
+    index = {kohya_name(k): k for k in module_keys} | dict(aliases or {})
     downs, ups, alphas = {}, {}, {}
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
@@ -284,7 +290,8 @@ def lora_config_kwargs(modules: Mapping[str, LoraModule]) -> dict:
     }
 
 
-def read_state(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], module_keys: Iterable[str] | None = None) -> tuple[LoraState, str]:
+def read_state(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], module_keys: Iterable[str] | None = None,
+               aliases: Mapping[str, str] | None = None) -> tuple[LoraState, str]:
     """Any supported layout → (LoraState, format name); kohya needs the model's module keys to undo underscores."""
     fmt = detect_format(tensors)
     if fmt == "peft":
@@ -293,4 +300,4 @@ def read_state(tensors: Mapping[str, torch.Tensor], header: Mapping[str, str], m
         return from_diffusers_old(tensors, header), fmt
     if module_keys is None:
         raise LatentDiffError("reading a kohya LoRA needs the model's layer names")
-    return from_kohya(tensors, module_keys), fmt
+    return from_kohya(tensors, module_keys, aliases), fmt

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
 from ..fileio import save_safetensors
-from .formats import DIFFUSERS_METADATA_KEY, KOHYA_PREFIX, LoraState, detect_format, read_state, to_kohya, to_peft
+from .formats import DIFFUSERS_METADATA_KEY, LoraState, detect_format, kohya_component, read_state, to_kohya, to_peft
 
 PEFT_FILE_NAME = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for in a folder
 FORMATS = ("peft", "kohya")
@@ -95,7 +95,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_lora(path: str | os.PathLike, module_keys: Iterable[str] | None = None) -> LoraFile:
+def read_lora(path: str | os.PathLike, module_keys: Iterable[str] | None = None, aliases: dict[str, str] | None = None) -> LoraFile:
     """Read a LoRA in any supported layout; kohya files need the model's module keys (see attach.component_modules)."""
     p = resolve_path(path)
     try:
@@ -105,7 +105,7 @@ def read_lora(path: str | os.PathLike, module_keys: Iterable[str] | None = None)
     except Exception as e:  # safetensors raises its own types for bad headers and short files
         raise LatentDiffError(f"{p} is not a valid safetensors file ({str(e).splitlines()[0][:120]})") from None
     try:
-        state, fmt = read_state(tensors, header, module_keys)
+        state, fmt = read_state(tensors, header, module_keys, aliases)
     except LatentDiffError as e:
         raise LatentDiffError(f"{p.name}: {e}") from None
     return LoraFile(state, fmt, LoraMetadata.from_header(header), str(p))
@@ -157,7 +157,7 @@ def summarize_lora(path: str | os.PathLike) -> LoraSummary:
         if fmt == "kohya":
             downs = {k.split(".", 1)[0]: v for k, v in tensors.items() if k.endswith(".lora_down.weight")}
             alphas = {k.split(".", 1)[0]: float(v.item()) for k, v in tensors.items() if k.endswith(".alpha")}
-            component = {name: next(c for c, pre in KOHYA_PREFIX.items() if name.startswith(pre)) for name in downs}
+            component = {name: kohya_component(name) for name in downs}
             ranks = Counter(int(v.shape[0]) for v in downs.values())
             known = Counter(alphas[n] for n in downs if n in alphas) if alphas else None
         else:

@@ -33,8 +33,8 @@ class Adapter:
 class LoraManager:
     """Named adapters on a U-Net (and text encoder) through peft layers; only the active ones with weight ≠ 0 run."""
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None):
-        self.unet, self.text_encoder = unet, text_encoder
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None = None, text_encoder_2: nn.Module | None = None):
+        self.unet, self.text_encoder, self.text_encoder_2 = unet, text_encoder, text_encoder_2  # _2: SDXL's bigG
         self.adapters: dict[str, Adapter] = {}
         self.enabled = True
         self._fuse_wanted = False
@@ -44,7 +44,11 @@ class LoraManager:
     # -- loading ---------------------------------------------------------------------------------------------------
     def load(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
         """Read a LoRA file (peft/diffusers, old diffusers or kohya/A1111) and attach it as adapter `name`."""
-        lora = read_lora(path, component_modules(self.unet, self.text_encoder))
+        from .sdxl import kohya_aliases, refuse_sdxl_lora
+
+        refuse_sdxl_lora(path, self.text_encoder_2 is not None)
+        modules = component_modules(self.unet, self.text_encoder, self.text_encoder_2)
+        lora = read_lora(path, modules, kohya_aliases(self.unet, modules))
         name = name or self._free_name(Path(lora.path).stem)
         try:
             return self.add(lora.state, name=name, weight=weight, path=str(path), format=lora.format, metadata=lora.metadata)
@@ -61,7 +65,7 @@ class LoraManager:
         self._count += 1
         key = f"adapter{self._count}"
         with self._changing():
-            layers = attach_state(self.unet, self.text_encoder, state, key)
+            layers = attach_state(self.unet, self.text_encoder, state, key, self.text_encoder_2)
             self.adapters[name] = Adapter(name, key, path, float(weight), layers, format, metadata)
         return name
 
@@ -77,10 +81,10 @@ class LoraManager:
         self._check_names([name])
         with self._changing():
             key = self.adapters[name].key
-            for layer in tuner_layers(self.unet, self.text_encoder):
+            for layer in self._layers():
                 if key in layer.lora_A:
                     layer.delete_adapter(key)
-            for model in (self.unet, self.text_encoder):
+            for model in (self.unet, self.text_encoder, self.text_encoder_2):
                 getattr(model, "peft_config", {}).pop(key, None)
             del self.adapters[name]
 
@@ -112,7 +116,7 @@ class LoraManager:
     def _apply(self) -> None:
         """Push enabled/active/weights to every peft layer."""
         active = self.active
-        for layer in tuner_layers(self.unet, self.text_encoder):
+        for layer in self._layers():
             layer.enable_adapters(self.enabled)
             keys = [a.key for a in active if a.key in layer.lora_A]
             layer.set_adapter(keys, inference_mode=True)
@@ -137,7 +141,7 @@ class LoraManager:
 
     @torch.no_grad()
     def _merge(self) -> None:
-        for layer in tuner_layers(self.unet, self.text_encoder):
+        for layer in self._layers():
             names = [n for n in layer.active_adapters if n in layer.lora_A]
             if self.enabled and names and id(layer) not in self._saved:
                 self._saved[id(layer)] = layer.get_base_layer().weight.detach().clone()
@@ -145,12 +149,15 @@ class LoraManager:
 
     @torch.no_grad()
     def _unmerge(self) -> None:
-        for layer in tuner_layers(self.unet, self.text_encoder):
+        for layer in self._layers():
             saved = self._saved.pop(id(layer), None)
             if saved is not None:
                 layer.unmerge()
                 layer.get_base_layer().weight.copy_(saved)
         self._saved.clear()
+
+    def _layers(self) -> list[nn.Module]:
+        return tuner_layers(self.unet, self.text_encoder, self.text_encoder_2)
 
     @contextmanager
     def _changing(self):

@@ -17,7 +17,7 @@ _DOWN_TYPES = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
 _UP_TYPES = {"CrossAttnUpBlock2D": True, "UpBlock2D": False}
 # diffusers config keys that must keep their default for the SD family we implement.
 _UNSUPPORTED = {
-    "class_embed_type": None, "addition_embed_type": None, "time_cond_proj_dim": None, "encoder_hid_dim": None,
+    "class_embed_type": None, "time_cond_proj_dim": None, "encoder_hid_dim": None,
     "num_class_embeds": None, "time_embedding_type": "positional", "resnet_time_scale_shift": "default",
     "only_cross_attention": False, "dual_cross_attention": False, "center_input_sample": False,
     "conv_in_kernel": 3, "conv_out_kernel": 3, "act_fn": "silu", "mid_block_type": "UNetMidBlock2DCrossAttn",
@@ -37,7 +37,7 @@ class UNetConfig:
     attention_levels: tuple[bool, ...] = (True, True, True, False)  # cross-attention transformer at each down level
     num_heads: tuple[int, ...] | int = 8                    # heads per level (SD1: 8 everywhere; SD2: 5, 10, 20, 20)
     cross_attention_dim: int = 768                          # text embedding width (768 CLIP ViT-L, 1024 OpenCLIP ViT-H)
-    transformer_depth: int = 1                              # transformer blocks per Transformer2D
+    transformer_depth: int | tuple[int, ...] = 1            # transformer blocks per Transformer2D, or per level (SDXL: 1, 2, 10)
     use_linear_projection: bool = False                     # SD2: Linear proj_in/out instead of 1×1 convs
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
@@ -51,6 +51,11 @@ class UNetConfig:
     attention_types: tuple[str, ...] | None = None          # per level none | linear | full; overrides attention_levels
     self_condition: bool = False                            # x_self_cond input (Chen et al. 2022, https://arxiv.org/abs/2208.04202)
     skip_connections: bool = True                           # False: the no-skip ablation (the decoder sees no encoder features)
+    # SDXL's added conditioning (Podell et al. 2023, https://arxiv.org/abs/2307.01952 §2.2): "text_time" adds an MLP of
+    # [pooled text embedding, sinusoidal features of the six size/crop numbers] to the timestep embedding.
+    addition_embed_type: str | None = None                  # None (SD1/SD2) | "text_time" (SDXL)
+    addition_time_embed_dim: int | None = None              # sinusoidal width per micro-conditioning number (SDXL: 256)
+    projection_class_embeddings_input_dim: int | None = None  # pooled width + n_numbers · addition_time_embed_dim (2816 base)
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(self.block_out_channels)
@@ -72,9 +77,23 @@ class UNetConfig:
         if len(heads) != n:
             raise LatentDiffError(f"num_heads has {len(heads)} entries for {n} levels")
         self.num_heads = heads
+        if not isinstance(self.transformer_depth, int):
+            self.transformer_depth = tuple(int(d) for d in self.transformer_depth)
+            if len(self.transformer_depth) != n:
+                raise LatentDiffError(f"transformer_depth has {len(self.transformer_depth)} entries for {n} levels")
+        if self.addition_embed_type not in (None, "text_time"):
+            raise LatentDiffError(f"unsupported addition_embed_type {self.addition_embed_type!r} (None or 'text_time')")
+        if self.addition_embed_type and not (self.addition_time_embed_dim and self.projection_class_embeddings_input_dim):
+            raise LatentDiffError("addition_embed_type 'text_time' needs addition_time_embed_dim and projection_class_embeddings_input_dim")
         for ch, h in zip(self.block_out_channels, heads):
             if ch % h or ch % self.norm_num_groups:
                 raise LatentDiffError(f"width {ch} is not divisible by {h} heads and {self.norm_num_groups} groups")
+
+    @property
+    def level_depth(self) -> tuple[int, ...]:
+        """Transformer blocks per level; the middle block uses the last level's (as diffusers)."""
+        d = self.transformer_depth
+        return (d,) * len(self.block_out_channels) if isinstance(d, int) else d
 
     @property
     def level_attention(self) -> tuple[str, ...]:
@@ -133,9 +152,11 @@ class UNetConfig:
         heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)  # diffusers' naming quirk: SD's "head dim" is the head count
         depth = cfg.get("transformer_layers_per_block", 1)
         if not isinstance(depth, int):
-            if len(set(depth)) != 1:
-                raise LatentDiffError("per-level transformer depth is not supported")
-            depth = depth[0]
+            if any(not isinstance(d, int) for d in depth):
+                raise LatentDiffError("nested transformer_layers_per_block (per ResNet) is not supported")
+            depth = depth[0] if len(set(depth)) == 1 else tuple(depth)
+        if cfg.get("reverse_transformer_layers_per_block") is not None:
+            raise LatentDiffError("reverse_transformer_layers_per_block is not supported")
         return cls(
             in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4),
             block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg.get("layers_per_block", 2),
@@ -144,7 +165,9 @@ class UNetConfig:
             use_linear_projection=cfg.get("use_linear_projection", False), norm_num_groups=cfg.get("norm_num_groups", 32),
             norm_eps=cfg.get("norm_eps", 1e-5), flip_sin_to_cos=cfg.get("flip_sin_to_cos", True),
             freq_shift=cfg.get("freq_shift", 0), upcast_attention=cfg.get("upcast_attention", False),
-            sample_size=cfg.get("sample_size", 64),
+            sample_size=cfg.get("sample_size", 64), addition_embed_type=cfg.get("addition_embed_type"),
+            addition_time_embed_dim=cfg.get("addition_time_embed_dim"),
+            projection_class_embeddings_input_dim=cfg.get("projection_class_embeddings_input_dim"),
         )
 
     def to_folder_config(self) -> dict:
@@ -171,10 +194,14 @@ class UNetConfig:
             "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.attention_levels],
             "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in self.attention_levels[::-1]],
             "attention_head_dim": list(self.num_heads), "cross_attention_dim": self.cross_attention_dim,
-            "transformer_layers_per_block": self.transformer_depth, "use_linear_projection": self.use_linear_projection,
+            "transformer_layers_per_block": d if isinstance(d := self.transformer_depth, int) else list(d),
+            "use_linear_projection": self.use_linear_projection,
             "norm_num_groups": self.norm_num_groups, "norm_eps": self.norm_eps, "flip_sin_to_cos": self.flip_sin_to_cos,
             "freq_shift": self.freq_shift, "upcast_attention": self.upcast_attention, "sample_size": self.sample_size,
             "center_input_sample": False, "act_fn": "silu", "mid_block_scale_factor": 1, "downsample_padding": 1,
+            **({"addition_embed_type": "text_time", "addition_time_embed_dim": self.addition_time_embed_dim,
+                "projection_class_embeddings_input_dim": self.projection_class_embeddings_input_dim}
+               if self.addition_embed_type else {}),
         }
 
 
@@ -185,10 +212,13 @@ class UNet(nn.Module):
         super().__init__()
         self.config = c = config
         ch0, temb_dim = c.block_out_channels[0], c.block_out_channels[0] * 4
-        common = dict(context_dim=c.cross_attention_dim, depth=c.transformer_depth, groups=c.norm_num_groups,
-                      eps=c.norm_eps, linear_proj=c.use_linear_projection)
+        common = dict(context_dim=c.cross_attention_dim, groups=c.norm_num_groups, eps=c.norm_eps,
+                      linear_proj=c.use_linear_projection)
+        depth = c.level_depth
         self.conv_in = nn.Conv2d(c.in_channels + (c.out_channels if c.self_condition else 0), ch0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch0, temb_dim)
+        if c.addition_embed_type == "text_time":  # SDXL: [pooled text, sin(size/crop numbers)] → MLP, added to temb
+            self.add_embedding = TimestepEmbedding(c.projection_class_embeddings_input_dim, temb_dim)
 
         n = len(c.block_out_channels)
         self.down_blocks = nn.ModuleList()
@@ -196,16 +226,16 @@ class UNet(nn.Module):
         for i in range(n):
             in_ch, out_ch = out_ch, c.block_out_channels[i]
             self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, layers=c.layers_per_block, attention=c.level_attention[i],
-                                              heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample, **common))
-        self.mid_block = MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], **common)
+                                              heads=c.num_heads[i], downsample=i < n - 1, down_kind=c.downsample, depth=depth[i], **common))
+        self.mid_block = MidBlock(c.block_out_channels[-1], temb_dim, heads=c.num_heads[-1], depth=depth[-1], **common)
 
-        rev_ch, rev_attn, rev_heads = c.block_out_channels[::-1], c.level_attention[::-1], c.num_heads[::-1]
+        rev_ch, rev_attn, rev_heads, rev_depth = c.block_out_channels[::-1], c.level_attention[::-1], c.num_heads[::-1], depth[::-1]
         self.up_blocks = nn.ModuleList()
         out_ch = rev_ch[0]
         for i in range(n):
             prev_ch, out_ch, in_ch = out_ch, rev_ch[i], rev_ch[min(i + 1, n - 1)]
             self.up_blocks.append(UpBlock(in_ch, prev_ch, out_ch, temb_dim, layers=c.layers_per_block + 1, attention=rev_attn[i],
-                                          heads=rev_heads[i], upsample=i < n - 1, up_kind=c.upsample,
+                                          heads=rev_heads[i], upsample=i < n - 1, up_kind=c.upsample, depth=rev_depth[i],
                                           skip=c.skip_connections, **common))
 
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, ch0, eps=c.norm_eps)
@@ -224,11 +254,22 @@ class UNet(nn.Module):
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             block.gradient_checkpointing = on
 
+    def added_embedding(self, added: dict | None, b: int) -> torch.Tensor:
+        """SDXL's added embedding: pooled text (B, P) and time_ids (B, k) → (B, 4·ch0), diffusers' "text_time"."""
+        if not added or "text_embeds" not in added or "time_ids" not in added:
+            raise LatentDiffError("this U-Net (SDXL) needs added_cond_kwargs with 'text_embeds' and 'time_ids'")
+        text, ids = added["text_embeds"], added["time_ids"]
+        feats = timestep_embedding(ids.flatten(), self.config.addition_time_embed_dim, flip_sin_to_cos=self.config.flip_sin_to_cos,
+                                   freq_shift=self.config.freq_shift)  # (B·k, E)
+        feats = feats.reshape(text.shape[0], -1)  # (B, k·E)
+        return self.add_embedding(torch.cat([text, feats.to(text.dtype)], dim=-1).to(self.dtype))  # (B, 4·ch0)
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor,
-                x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
+                x_self_cond: torch.Tensor | None = None, added_cond_kwargs: dict | None = None) -> torch.Tensor:
         """sample (B, C_in, h, w), timestep scalar or (B,), encoder_hidden_states (B, T, D) → (B, C_out, h, w).
 
         With `self_condition`, x_self_cond (B, C_out, h, w) is the previous x0 estimate (zeros when None).
+        SDXL ("text_time") needs added_cond_kwargs {"text_embeds": (B, P) pooled text, "time_ids": (B, 6) numbers}.
         """
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device)
@@ -236,6 +277,8 @@ class UNet(nn.Module):
         temb = timestep_embedding(t, self.config.block_out_channels[0], flip_sin_to_cos=self.config.flip_sin_to_cos,
                                   freq_shift=self.config.freq_shift).to(sample.dtype)  # (B, ch0)
         temb = self.time_embedding(temb)  # (B, 4·ch0)
+        if self.config.addition_embed_type == "text_time":
+            temb = temb + self.added_embedding(added_cond_kwargs, b).to(temb.dtype)
         context = encoder_hidden_states
 
         if self.config.self_condition:

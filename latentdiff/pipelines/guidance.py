@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..diffusion import x0_from_prediction  # noqa: F401  (re-exported: the noise algebra lives in latentdiff.diffusion)
+
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, rescale: float) -> torch.Tensor:
     """Match the guided prediction's std to the conditional one (Lin et al. 2023, https://arxiv.org/abs/2305.08891 §3.4)."""
@@ -52,12 +54,6 @@ class CFGDenoiser:
         uncond, cond = out.chunk(2)
         guided = uncond + self.scale * (cond - uncond)
         return rescale_guidance(guided, cond, self.rescale) if self.rescale > 0 else guided
-
-
-def x0_from_prediction(x_t: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor, kind: str) -> torch.Tensor:
-    """The x0 a prediction implies at ᾱ (a scalar or (B, 1, 1, 1)): ε: (x − √(1−ᾱ) ε)/√ᾱ; v: √ᾱ x − √(1−ᾱ) v."""
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    return a * x_t - s * pred if kind == "v_prediction" else (x_t - s * pred) / a
 
 
 def x0_estimator(scheduler):

@@ -126,9 +126,10 @@ def hires_fix(pipe, prompt, negative_prompt="", *, hires: HiresFix, num_inferenc
     scheduler.set_timesteps(total, device=pipe.device)
     timesteps = strength_timesteps(scheduler, total, hires.strength)
     guided = p0.guidance_scale > 1.0
-    contexts = step_contexts(pipe, [p.prompt for p in first.params], [p.negative_prompt for p in first.params], guided,
-                             clip_skip, steps)  # prompt editing counts the second pass's own steps, as A1111's
-    model = CFGDenoiser(pipe.unet, contexts[0], p0.guidance_scale, guidance_rescale, scheduler=scheduler)
+    prompts, negatives = [p.prompt for p in first.params], [p.negative_prompt for p in first.params]
+    context, unet = pipe.condition(prompts, negatives, guided, clip_skip, (size[1], size[0]), kwargs.get("micro_conditioning"))
+    contexts = step_contexts(pipe, prompts, negatives, guided, clip_skip, steps, first=context)  # the second pass's steps
+    model = CFGDenoiser(unet, contexts[0], p0.guidance_scale, guidance_rescale, scheduler=scheduler)
     noise = draw_noise([torch.Generator("cpu").manual_seed(s) for s in seeds], latents.shape).to(pipe.device, pipe.dtype)
     latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(seeds)))
     latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress,

@@ -62,7 +62,7 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
             strength: float = 0.75, num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
             seed: int | None = None, width: int | None = None, height: int | None = None, num_images: int = 1,
             guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None,
-            schedule: str = "automatic"):
+            micro_conditioning=None, schedule: str = "automatic"):
     """Redraw `image` under `prompt`; `strength` in (0, 1] says how much of the schedule runs (diffusers' semantics).
 
     Args:
@@ -91,13 +91,15 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
 
     from .prompt_editing import step_contexts, switcher  # [from:to:when], [a|b] over the steps that run
 
-    contexts = step_contexts(pipe, req.prompts, req.negatives, guidance_scale > 1.0, clip_skip,
-                             max(1, len(timesteps) // scheduler.order))
-    model = CFGDenoiser(pipe.unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
+    guided = guidance_scale > 1.0
+    context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
+    contexts = step_contexts(pipe, req.prompts, req.negatives, guided, clip_skip, max(1, len(timesteps) // scheduler.order),
+                             first=context)
+    model = CFGDenoiser(unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
-    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, pipe.dtype)  # first draw of each generator
-    noise = draw_noise(gens, init_latents.shape).to(pipe.device, pipe.dtype)       # second draw
+    init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, torch.float32)  # first draw of each generator
+    noise = draw_noise(gens, init_latents.shape).to(pipe.device, torch.float32)   # second draw
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(gens)))
     latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress,
                            on_step=switcher(model, contexts, len(timesteps)), callback=callback)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..checkpoints import file_hash
 from ..errors import LatentDiffError
-from ..imaging import flatten_alpha
+from ..imaging import flatten_alpha, to_tensor  # noqa: F401  (to_tensor: re-exported, one formula)
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,6 @@ def to_8bit(image: Image.Image) -> Image.Image:
     if values is None:
         return image
     return Image.fromarray(np.round(values * 255).astype(np.uint8), mode="L")
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL → (1, 3, H, W) float32 in [-1, 1] (as diffusers' VaeImageProcessor.preprocess)."""
-    arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-    return torch.from_numpy(arr).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
 def load_image(src: ImageInput, width: int | None = None, height: int | None = None, multiple: int = 8) -> InputImage:

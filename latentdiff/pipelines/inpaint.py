@@ -48,7 +48,7 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-            progress: bool = True, callback=None, schedule: str = "automatic"):
+            progress: bool = True, callback=None, micro_conditioning=None, schedule: str = "automatic"):
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
@@ -90,15 +90,15 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
     guided = guidance_scale > 1.0
-    context = pipe.encode_text(req.prompts, req.negatives, guided, clip_skip)
+    context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     b, f = len(gens), pipe.vae_scale_factor
     pixels = init.tensor.expand(b, -1, -1, -1)  # (B, 3, H, W) in [-1, 1]
     shape = (b, pipe.vae.config.latent_channels, h // f, w // f)
     image_latents = None
     if mode == "blend" or strength < 1.0:
-        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
-    noise = draw_noise(gens, shape).to(pipe.device, pipe.dtype)
+        image_latents = vae_encode(pipe.vae, pixels, gens).to(pipe.device, torch.float32)  # (B, C, h, w), fp32 like the sampler
+    noise = draw_noise(gens, shape).to(pipe.device, torch.float32)
     if strength < 1.0:
         latents = scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(b))
     else:
@@ -110,12 +110,12 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     if mode == "concat":
         masked_latents = vae_encode(pipe.vae, masked_pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
         cond = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 1 + C, h, w)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
+        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
         on_step = None
     else:
         for g in gens:  # diffusers encodes the masked image here too (unused for 4 channels): make the same draw
             torch.randn(shape[1:], generator=g)
-        model = CFGDenoiser(pipe.unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
 
         def on_step(i: int, t, x: torch.Tensor) -> torch.Tensor:
             """Put back the known region, noised to the level of the next step (clean after the last)."""

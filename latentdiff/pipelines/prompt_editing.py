@@ -6,16 +6,22 @@ from typing import Callable
 
 import torch
 
+from ..errors import LatentDiffError
 from ..models.prompt_schedule import prompt_schedule, text_at_step
 
 
-def step_contexts(pipe, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int,
-                  steps: int) -> list[torch.Tensor]:
-    """The embeddings of each sampling step (one tensor when no prompt changes); each distinct text set encoded once."""
+def step_contexts(pipe, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int, steps: int,
+                  first: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The embeddings of each sampling step (one tensor when no prompt changes); each distinct text set encoded once.
+
+    `first`: the embeddings of the texts as written (pipe.condition's), returned alone when no prompt changes by step.
+    """
     texts = negatives + prompts if guided else prompts
     schedules = [prompt_schedule(t, steps) for t in texts]
     if all(len(s) == 1 and s[0][1] == t for s, t in zip(schedules, texts)):
-        return [pipe.encode_text(prompts, negatives, guided, clip_skip)]
+        return [pipe.encode_text(prompts, negatives, guided, clip_skip) if first is None else first]
+    if getattr(pipe.components, "is_sdxl", False):
+        raise LatentDiffError("prompt editing [from:to:when] and alternation [a|b] are SD1/SD2's for now, not SDXL's")
     cache: dict[tuple[str, ...], torch.Tensor] = {}
     out = []
     for step in range(steps):

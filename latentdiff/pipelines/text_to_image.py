@@ -61,9 +61,17 @@ class LatentDiffusionPipeline:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
                         allow_pickle: bool = False, prediction_type: str | None = None, fast: bool = False,
-                        compile: bool = False) -> "LatentDiffusionPipeline":
-        """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path."""
+                        compile: bool = False, vae: str | os.PathLike | None = None) -> "LatentDiffusionPipeline":
+        """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path.
+
+        vae: a separate VAE (diffusers vae folder or .safetensors in diffusers or LDM names) replacing the model's.
+        """
         components = load_components(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
+        if vae is not None:
+            from ..checkpoints.vae_file import load_vae
+
+            components.vae = load_vae(vae, components.vae)
+            components.extra["vae"] = str(vae)
         return cls(components, device=device, dtype=dtype, attention=attention, model_name=str(path), fast=fast, compile=compile)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -78,7 +86,9 @@ class LatentDiffusionPipeline:
         self.device = parse_device(device) if device is not None else self.device
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else self.dtype
         self.unet.to(self.device, self.dtype)
-        self.text_encoder.to(self.device, self.dtype)
+        for encoder in (self.text_encoder, self.components.text_encoder_2):  # the SDXL refiner has only the second
+            if encoder is not None:
+                encoder.to(self.device, self.dtype)
         # SD's VAE overflows in fp16 (diffusers flags it `force_upcast`): decode it in fp32 then.
         upcast = self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", True)
         self.vae.to(self.device, torch.float32 if upcast else self.dtype)
@@ -96,7 +106,7 @@ class LatentDiffusionPipeline:
         if getattr(self, "_loras", None) is None:
             from ..lora.manager import LoraManager
 
-            self._loras = LoraManager(self.unet, self.text_encoder)
+            self._loras = LoraManager(self.unet, self.text_encoder, self.components.text_encoder_2)
         return self._loras
 
     def load_lora(self, path: str | os.PathLike, *, name: str | None = None, weight: float = 1.0) -> str:
@@ -154,6 +164,17 @@ class LatentDiffusionPipeline:
         return self._model_hash
 
     # -- the stages, in data-flow order ---------------------------------------------------------------------------
+    def condition(self, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int = 0,
+                  size: tuple[int, int] | None = None, micro_conditioning=None) -> tuple[torch.Tensor, Callable]:
+        """(context, model to guide): text embeddings and the U-Net; for SDXL the U-Net has its added conditioning
+        (pooled text, micro-conditioning at `size` = (height, width)) bound (pipelines.sdxl)."""
+        if self.components.is_sdxl:
+            from .sdxl import condition
+
+            native = self.unet.config.sample_size * self.vae_scale_factor
+            return condition(self, prompts, negatives, guided, clip_skip, size or (native, native), micro_conditioning)
+        return self.encode_text(prompts, negatives, guided, clip_skip), self.unet
+
     def encode_text(self, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int = 0) -> torch.Tensor:
         """[uncond; cond] embeddings (2B, T, D) when guided, else cond only (B, T, D)."""
         layers = self.text_encoder.config.num_hidden_layers
@@ -168,18 +189,20 @@ class LatentDiffusionPipeline:
         return encode_prompts(self.tokenizer, self.text_encoder, texts, clip_skip=clip_skip, embeddings=vectors).to(self.dtype)
 
     def initial_noise(self, seeds: list[int], height: int, width: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """Gaussian latents (B, C, h, w), one CPU generator per image seeded with its seed (as diffusers with a list)."""
+        """Gaussian latents (B, C, h, w) in fp32, one CPU generator per image seeded with its seed (as diffusers with a list)."""
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         c = self.unet.config.out_channels
         shape = (1, c, height // self.vae_scale_factor, width // self.vae_scale_factor)
         noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])  # (B, C, h, w)
-        return noise.to(self.device, self.dtype), gens
+        return noise.to(self.device), gens  # fp32: the sampler's state stays fp32 (denoise)
 
     def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,
                 progress: bool = True, on_step: Callable | None = None, callback: Callable | None = None) -> torch.Tensor:
         """Run the sampler: at each t, predict with `model` and let the diffusers scheduler step.
 
         `callback(step, total, latents)` runs after each step (step counts from 1); returning True stops early.
+        The sampler works in fp32 for every model dtype: latents stay fp32 between steps and the scheduler steps on an
+        fp32 prediction (so ancestral noise is drawn in fp32); only the model runs in `self.dtype`.
         """
         extra = {}
         step_params = inspect.signature(scheduler.step).parameters
@@ -187,9 +210,10 @@ class LatentDiffusionPipeline:
             extra["eta"] = 0.0
         if "generator" in step_params:
             extra["generator"] = generators
+        latents = latents.float()  # (B, C, h, w) fp32 sampler state
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
             x_in = scheduler.scale_model_input(latents, t)
-            pred = model(x_in, t)
+            pred = model(x_in.to(self.dtype), t).float()
             latents = scheduler.step(pred, t, latents, return_dict=False, **extra)[0]
             if on_step is not None:
                 latents = on_step(i, t, latents)
@@ -226,7 +250,10 @@ class LatentDiffusionPipeline:
     def __call__(self, prompt: str | list[str], negative_prompt: str | list[str] = "", *, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
-                 progress: bool = True, callback: Callable | None = None, schedule: str = "automatic") -> PipelineOutput:
+                 progress: bool = True, callback: Callable | None = None,
+                 micro_conditioning=None, refiner: "LatentDiffusionPipeline | None" = None, refiner_switch: float = 0.8,
+                 schedule: str = "automatic",
+                 ) -> PipelineOutput:
         """Generate `num_images` images per prompt.
 
         Args:
@@ -245,10 +272,19 @@ class LatentDiffusionPipeline:
                 "exponential", "beta", "sgm_uniform", ... (`latentdiff.pipelines.samplers.SCHEDULE_OPTIONS`).
             callback: `callback(step, total, latents)` after each sampler step; returning True stops sampling
                 there and decodes the latents reached (the server's progress preview and interrupt).
+            micro_conditioning: SDXL only: a `models.sdxl_text.MicroConditioning` or dict (original_size, crops, ...).
+            refiner, refiner_switch: SDXL only: an SDXL refiner pipeline that takes over after `refiner_switch` of the
+                schedule (diffusers' denoising_end / denoising_start; pipelines.sdxl.refine).
         Returns:
             PipelineOutput with `.images` (PIL) and `.params` (GenerationParams per image).
         """
         num_inference_steps, guidance_scale, sampler = self.sampling_settings(num_inference_steps, guidance_scale, sampler)
+        if refiner is not None:
+            from .sdxl import refine
+
+            return refine(self, refiner, prompt, negative_prompt, switch=refiner_switch, num_inference_steps=num_inference_steps,
+                          guidance_scale=guidance_scale, sampler=sampler, seed=seed, height=height, width=width,
+                          num_images=num_images, clip_skip=clip_skip, progress=progress, micro_conditioning=micro_conditioning)
         native = self.unet.config.sample_size * self.vae_scale_factor
         height = native if height is None else height
         width = native if width is None else width
@@ -262,8 +298,10 @@ class LatentDiffusionPipeline:
 
         from .prompt_editing import step_contexts, switcher  # [from:to:when], [a|b]: conditioning by step
 
-        contexts = step_contexts(self, prompts, negatives, guidance_scale > 1.0, clip_skip, num_inference_steps)
-        model = CFGDenoiser(self.unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
+        guided = guidance_scale > 1.0
+        context, unet = self.condition(prompts, negatives, guided, clip_skip, (height, width), micro_conditioning)
+        contexts = step_contexts(self, prompts, negatives, guided, clip_skip, num_inference_steps, first=context)
+        model = CFGDenoiser(unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
         latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress,

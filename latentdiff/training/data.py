@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
+from latentdiff.imaging import to_tensor
 from latentdiff.imaging import WHITE, flatten_alpha
 
 log = logging.getLogger(__name__)
@@ -281,12 +280,6 @@ def resize_and_crop(image: Image.Image, size: tuple[int, int], *, rng: random.Ra
     return image
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image → FloatTensor[3, H, W] in [-1, 1]."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # (H, W, 3)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
-
-
 class ImageCaptionDataset(Dataset):
     """Captioned images from a folder, loaded lazily: {"pixel_values": [3, H, W] in [-1, 1], "caption": str}."""
 
@@ -343,7 +336,7 @@ class ImageCaptionDataset(Dataset):
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         caption = self.captions(record, rng) if self.captions else record.text
-        return {"pixel_values": to_tensor(image), "caption": caption}
+        return {"pixel_values": to_tensor(image)[0], "caption": caption}
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from ..errors import LatentDiffError
 
@@ -122,45 +121,15 @@ class LoraTrainConfig:
 
 def config_from(values: dict) -> LoraTrainConfig:
     """Build a config from a dict (YAML + flags), one line for an unknown key or a value of the wrong kind."""
-    known = {f.name: f for f in fields(LoraTrainConfig)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in known:
-            raise LatentDiffError(f"unknown train-lora setting {key!r}")
-        default = getattr(LoraTrainConfig(), key)
-        if isinstance(default, list):
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise LatentDiffError(f"{key} must be a list of strings")
-            kwargs[key] = list(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise LatentDiffError(f"{key} must be true or false, got {value!r}")
-            kwargs[key] = value
-        elif isinstance(default, int) and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
-            raise LatentDiffError(f"{key} must be an integer, got {value!r}")
-        else:
-            try:
-                kwargs[key] = type(default)(value) if value is not None else default
-            except (TypeError, ValueError):
-                raise LatentDiffError(f"{key} must be a {type(default).__name__}, got {value!r}") from None
-    return LoraTrainConfig(**kwargs).check()
+    from .config import build
+
+    return build(LoraTrainConfig, values, unknown="unknown train-lora setting {key!r}", convert=True).check()
 
 
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> LoraTrainConfig:
     """YAML recipe (optional) with command-line overrides on top."""
-    import yaml
+    from ..fileio import read_yaml
 
-    values = {}
-    if path:
-        p = Path(path)
-        try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise LatentDiffError(f"no such config file: {p}") from None
-        except (OSError, yaml.YAMLError) as e:
-            raise LatentDiffError(f"{p} is not a readable YAML file ({str(e).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise LatentDiffError(f"{p} does not hold a YAML mapping")
+    values = read_yaml(path) if path else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return config_from(values)

@@ -20,5 +20,5 @@ wait
 for arm in 3d mix; do
   $LD train $HERE/$arm.yaml --stage export
   $LD eval data/emoji-3d --model runs/ab-data-$arm/model --work runs/eval --json $HERE/eval-$arm.json
-  cp runs/ab-data-$arm/unet/loss.csv $HERE/loss-$arm.csv
+  cp runs/ab-data-$arm/unet/log.csv $HERE/loss-$arm.csv
 done

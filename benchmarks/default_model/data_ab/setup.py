@@ -16,19 +16,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from latentdiff.training.train import PixelCache, _ckpt_dir, _vae_arch, encode_latents, load_config, load_trained_vae
+from latentdiff.training.checkpoints import RunFolder
+from latentdiff.training.config import load_config
+from latentdiff.training.parts import PixelCache
+from latentdiff.training.stages import encode_latents, load_trained_vae, vae_arch
 
 ASSET = Path(__file__).resolve().parents[3] / "latentdiff" / "assets" / "default" / "vae"
 
 
 def install_vae(cfg) -> None:
     """The shipped VAE (fp16 on disk) as the arm's vae-stage EMA checkpoint, in fp32."""
-    folder = _ckpt_dir(cfg, "vae")
-    folder.mkdir(parents=True, exist_ok=True)
     state = load_file(str(ASSET / "diffusion_pytorch_model.safetensors"))
-    save_file({f"vae.{k}": v.float().contiguous() for k, v in state.items()}, str(folder / "ema.safetensors"))
-    (folder / "arch.json").write_text(json.dumps(_vae_arch(cfg)))
-    torch.save({"step": 0, "note": "shipped VAE installed by data_ab/setup.py"}, folder / "state.pt")
+
+    def write(folder: Path) -> None:
+        save_file({f"vae.{k}": v.float().contiguous() for k, v in state.items()}, str(folder / "ema.safetensors"))
+        (folder / "arch.json").write_text(json.dumps(vae_arch(cfg)))
+        torch.save({"step": 0, "note": "shipped VAE installed by data_ab/setup.py"}, folder / "state.pt")
+
+    RunFolder(Path(cfg.output_dir) / "vae").save(0, write)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The denoising training objective shared by from-scratch and LoRA training: noise, targets, weighting."""
+"""The denoising training objective shared by from-scratch and LoRA training: draws, targets, weighting (the noise
+algebra itself is latentdiff.diffusion's)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import (PREDICTION_TYPES, add_noise, alpha_bar_at, alphas_cumprod, coefficients, snr, target,
+                         x0_from_prediction)
 from ..errors import LatentDiffError
 
 
@@ -25,45 +28,38 @@ class DiffusionLoss:
     """MSE between the U-Net's prediction and the ε or v target at uniformly drawn timesteps."""
 
     def __init__(self, scheduler_config: dict, config: LossConfig | None = None):
-        from diffusers import DDPMScheduler
-
         self.config = config or LossConfig(prediction_type=scheduler_config.get("prediction_type", "epsilon"))
-        if self.config.prediction_type not in ("epsilon", "v_prediction"):
+        if self.config.prediction_type not in PREDICTION_TYPES:
             raise LatentDiffError(f"unknown prediction type {self.config.prediction_type!r}")
-        sched = DDPMScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
-        self.num_timesteps = sched.config.num_train_timesteps
-        self.alphas_cumprod = sched.alphas_cumprod.float()  # (T,)
+        self.alphas_cumprod = alphas_cumprod(scheduler_config)  # (T,)
+        self.num_timesteps = len(self.alphas_cumprod)
+
+    def _alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return alpha_bar_at(self.alphas_cumprod, t, like.ndim)  # (B, 1, 1, 1) float32
 
     def _coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ac = self.alphas_cumprod.to(t.device)[t].view(-1, *([1] * (like.ndim - 1)))  # (B, 1, 1, 1)
-        return ac.sqrt().to(like.dtype), (1 - ac).sqrt().to(like.dtype)
+        """(√ᾱ_t, √(1-ᾱ_t)), (B, 1, 1, 1) in like's dtype."""
+        return coefficients(self._alpha_bar(t, like), like.dtype)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε."""
-        a, s = self._coefs(t, x0)
-        return a * x0 + s * noise
+        """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε (latentdiff.diffusion)."""
+        return add_noise(x0, noise, self._alpha_bar(t, x0))
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.config.prediction_type == "epsilon":
-            return noise
-        a, s = self._coefs(t, x0)
-        return a * noise - s * x0  # v = √ᾱ ε − √(1-ᾱ) x0
+        """ε, or v = √ᾱ ε − √(1-ᾱ) x0."""
+        return target(self.config.prediction_type, x0, noise, self._alpha_bar(t, x0))
 
     def x0_from(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The x0 estimate a prediction implies (the sampler's formula, pipelines.guidance.x0_from_prediction)."""
-        from ..pipelines.guidance import x0_from_prediction
-
-        ac = self.alphas_cumprod.to(t.device)[t].view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)  # (B, 1, 1, 1)
-        return x0_from_prediction(x_t, pred, ac, self.config.prediction_type)
+        """The x0 estimate a prediction implies (the sampler's formula, latentdiff.diffusion.x0_from_prediction)."""
+        return x0_from_prediction(x_t, pred, self._alpha_bar(t, x_t).to(x_t.dtype), self.config.prediction_type)
 
     def weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights: min-SNR-γ when on, else ones. (B,)"""
         if not self.config.min_snr_gamma:
             return torch.ones(t.shape, device=t.device)
-        ac = self.alphas_cumprod.to(t.device)[t]
-        snr = ac / (1 - ac)
-        w = snr.clamp(max=self.config.min_snr_gamma) / snr
-        return w * snr / (snr + 1) if self.config.prediction_type == "v_prediction" else w
+        r = snr(self.alphas_cumprod.to(t.device)[t])
+        w = r.clamp(max=self.config.min_snr_gamma) / r
+        return w * r / (r + 1) if self.config.prediction_type == "v_prediction" else w
 
     def __call__(self, model, x0: torch.Tensor, context: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One loss evaluation: draw t and ε, noise x0 (B, C, h, w), predict with `model(x_t, t, context)`."""

@@ -4,6 +4,10 @@ One process times every variant (U-Net CFG step, VAE decode, end-to-end image) a
 timing; peak memory is taken in a fresh subprocess per variant (CPU: RSS high-water mark, which a process
 cannot reset) or in-process on CUDA (max_memory_allocated). Results are raw JSON; `make_table.py` turns
 them into BENCHMARKS.md. Run it through `latentdiff bench` or `python benchmarks/bench_sd15.py`.
+
+Part of the package (not benchmarks/) so that `latentdiff bench` works from an installed wheel. One file over
+~400 lines on purpose: the peak-memory probes re-run this module in a fresh process (`python -m
+latentdiff.bench.harness --probe ...`), and everything a probe needs is here.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ import numpy as np
 import torch
 
 from latentdiff.errors import LatentDiffError
+from latentdiff.fileio import write_json
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 DEFAULT_WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
 PROMPT, NEGATIVE = "a red fox in the snow, studio photograph", "blurry"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx512_fp16")
@@ -434,10 +437,10 @@ def probe_tiling(folder: str, size: int, tile: int | None, seed: int, device: st
 
 
 def run_probe(kind: str, args: dict) -> dict:
-    """Spawn `python harness.py --probe KIND ARGS OUT`: a process's RSS high-water mark cannot be reset in place."""
+    """Spawn `python -m latentdiff.bench.harness --probe KIND ARGS OUT`: a process's RSS high-water mark cannot be reset in place."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         out_path = f.name
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", kind, json.dumps(args), out_path]
+    cmd = [sys.executable, "-m", "latentdiff.bench.harness", "--probe", kind, json.dumps(args), out_path]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -539,7 +542,7 @@ def run(s: BenchSettings, out: str | os.PathLike | None = None) -> dict:
             row["memory"] = measure_memory(variant, folder, s)
         result["variants"].append(row)
         if out:
-            write_json(result, out)  # keep what is measured so far
+            write_json(out, result)  # keep what is measured so far
     for row in result["variants"]:
         if row["name"] in images:
             row["image_vs_ours_fp32"] = image_diff(images[row["name"]], images["ours-fp32"]) if "ours-fp32" in images else None
@@ -549,21 +552,14 @@ def run(s: BenchSettings, out: str | os.PathLike | None = None) -> dict:
         log(f"pair {a}:{b}, {s.pair_rounds} alternating rounds")
         result.setdefault("pairs", []).append(measure_pair(VARIANTS[a], VARIANTS[b], folder, device, s))
         if out:
-            write_json(result, out)
+            write_json(out, result)
     if s.tiling_sizes:
         result["vae_tiling"] = measure_tiling(folder, s)
     result["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     result["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if out:
-        write_json(result, out)
+        write_json(out, result)
     return result
-
-
-def write_json(result: dict, path: str | os.PathLike) -> Path:
-    """Write atomically (latentdiff.fileio.atomic_write: a temp file in the same folder, then os.replace)."""
-    from latentdiff.fileio import atomic_write
-
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
 
 
 def settings_from_args(a: argparse.Namespace) -> BenchSettings:
@@ -577,30 +573,22 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A peak-memory child: `--probe memory|tiling ARGS_JSON OUT_JSON` (the command line is `latentdiff bench`)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--probe"]:  # a peak-memory child: --probe memory|tiling ARGS_JSON OUT_JSON
-        _, kind, args, out = argv
-        args = json.loads(args)
-        if kind == "memory":
-            settings = {k: tuple(v) if isinstance(v, list) else v for k, v in args["settings"].items()}
-            torch.set_num_threads(settings["threads"] or torch.get_num_threads())
-            result = probe_memory(args["variant"], args["folder"], settings)
-        else:
-            result = probe_tiling(**args)
-        Path(out).write_text(json.dumps(result))
-        return 0
-    from latentdiff.cli.bench import add_bench_arguments
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_bench_arguments(p)
-    a = p.parse_args(argv)
-    result = run(settings_from_args(a), a.out)
-    for row in result["variants"]:
-        step = row.get("unet_step", {}).get("median_s")
-        print(f"{row['name']:32s} step {step if step is None else f'{step:.3f} s'}  {row.get('error', '')}")
+    if argv[:1] != ["--probe"] or len(argv) != 4:
+        raise SystemExit("usage: python -m latentdiff.bench.harness --probe memory|tiling ARGS_JSON OUT_JSON "
+                         "(benchmarks: `latentdiff bench` or benchmarks/bench_sd15.py)")
+    _, kind, args, out = argv
+    args = json.loads(args)
+    if kind == "memory":
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in args["settings"].items()}
+        torch.set_num_threads(settings["threads"] or torch.get_num_threads())
+        result = probe_memory(args["variant"], args["folder"], settings)
+    else:
+        result = probe_tiling(**args)
+    Path(out).write_text(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
     sys.exit(main())

@@ -1,0 +1,99 @@
+"""SDXL text conditioning: two CLIP encoders → context (B, 77·k, D1+D2) and pooled text (B, P), plus micro-conditioning.
+
+SDXL (Podell et al. 2023, https://arxiv.org/abs/2307.01952 §2.1–2.2) concatenates the penultimate hidden states of
+CLIP ViT-L (`CLIPTextModel`, 768) and OpenCLIP ViT-bigG (`CLIPTextModelWithProjection`, 1280) to a 2048-d context, and
+feeds bigG's pooled, projected text embedding together with six size/crop numbers to the U-Net's added embedding.
+The refiner has bigG alone and replaces the target size with an aesthetic score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import LatentDiffError
+from .text import chunk_ids, token_chunks
+
+Size = tuple[int, int]  # (height, width), as diffusers orders them
+
+
+@dataclass
+class MicroConditioning:
+    """SDXL's size/crop conditioning (§2.2); sizes are (height, width), None means the output's size."""
+
+    original_size: Size | None = None                    # the size the "training image" had
+    crops_coords_top_left: Size = (0, 0)                 # where it was cropped; (0, 0) gives centred subjects
+    target_size: Size | None = None
+    negative_original_size: Size | None = None           # None: the positive value (diffusers' defaults)
+    negative_crops_coords_top_left: Size | None = None
+    negative_target_size: Size | None = None
+    aesthetic_score: float = 6.0                         # refiner only (requires_aesthetics_score)
+    negative_aesthetic_score: float = 2.5
+
+    @classmethod
+    def of(cls, value: "MicroConditioning | dict | None") -> "MicroConditioning":
+        if value is None:
+            return cls()
+        if isinstance(value, MicroConditioning):
+            return value
+        if not isinstance(value, dict):
+            raise LatentDiffError(f"micro_conditioning must be a MicroConditioning or a dict, got {type(value).__name__}")
+        unknown = [k for k in value if k not in cls.__dataclass_fields__]
+        if unknown:
+            raise LatentDiffError(f"unknown micro-conditioning key {unknown[0]!r} (known: {', '.join(cls.__dataclass_fields__)})")
+        return cls(**value)
+
+    def time_ids(self, height: int, width: int, aesthetic: bool) -> tuple[list[float], list[float]]:
+        """(negative, positive) numbers: original + crop + target (base), or original + crop + score (refiner)."""
+        orig = tuple(self.original_size or (height, width))
+        target = tuple(self.target_size or (height, width))
+        crop = tuple(self.crops_coords_top_left)
+        n_orig = tuple(self.negative_original_size or orig)
+        n_crop = tuple(self.negative_crops_coords_top_left or crop)
+        n_target = tuple(self.negative_target_size or target)
+        for name, v in (("original_size", orig), ("target_size", target), ("crops_coords_top_left", crop),
+                        ("negative_original_size", n_orig), ("negative_target_size", n_target),
+                        ("negative_crops_coords_top_left", n_crop)):
+            if len(v) != 2:
+                raise LatentDiffError(f"{name} must be two numbers (height, width), got {v}")
+        if aesthetic:
+            return [*n_orig, *n_crop, self.negative_aesthetic_score], [*orig, *crop, self.aesthetic_score]
+        return [*n_orig, *n_crop, *n_target], [*orig, *crop, *target]
+
+
+def hidden_layer(clip_skip: int, first_of_two: bool) -> int:
+    """Which hidden state (from the end) an SDXL encoder gives: the penultimate, as SDXL was trained.
+
+    `clip_skip` = n is A1111's "Clip skip" n+1 with its `sdxl_clip_l_skip` option: it moves CLIP ViT-L (the first
+    of the base's two encoders) to hidden_states[-(n+1)], so n ≤ 1 is SDXL's own penultimate layer; bigG never moves.
+    """
+    return -(clip_skip + 1) if first_of_two and clip_skip >= 2 else -2
+
+
+@torch.no_grad()
+def encode_sdxl(tokenizers: list, encoders: list, prompts: list[str], *, clip_skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts → (context (B, 77·k, ΣD), pooled (B, P)) with one or two encoders; the last one gives the pooled text.
+
+    A prompt of up to 75 tokens gives exactly diffusers' embeddings. Longer prompts are cut into 75-token chunks,
+    each encoded with BOS/EOS and concatenated along the sequence (A1111); the pooled text is the first chunk's.
+    """
+    if clip_skip < 0:
+        raise LatentDiffError(f"--clip-skip must be ≥ 0, got {clip_skip}")
+    chunks = [[token_chunks(tok, p) for p in prompts] for tok in tokenizers]  # per encoder, per prompt
+    k = max(len(c) for per_enc in chunks for c in per_enc)
+    hidden, pooled = [], None
+    for i, (tok, enc, per_prompt) in enumerate(zip(tokenizers, encoders, chunks)):
+        layers = enc.config.num_hidden_layers
+        layer = hidden_layer(clip_skip, i == 0 and len(encoders) == 2)
+        if -layer > layers:
+            raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers")
+        ids = [chunk_ids(tok, c[j] if j < len(c) else []) for c in per_prompt for j in range(k)]
+        out = enc(torch.tensor(ids, device=enc.device), output_hidden_states=True)
+        h = out.hidden_states[layer]  # (B·k, 77, D_i)
+        hidden.append(h.reshape(len(prompts), k * h.shape[1], h.shape[2]))  # (B, 77·k, D_i)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds (B·k, P)
+            pooled = out[0].reshape(len(prompts), k, -1)[:, 0]  # (B, P), the first chunk's
+    if pooled is None:
+        raise LatentDiffError("SDXL needs a text encoder with a projection (CLIPTextModelWithProjection) for the pooled text")
+    return torch.cat(hidden, dim=-1), pooled  # (B, 77·k, ΣD), (B, P)
