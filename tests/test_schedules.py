@@ -14,7 +14,7 @@ from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.pipelines.params import GenerationParams, read_png_params
 from latentdiff.pipelines.replay import from_a1111
-from latentdiff.pipelines.samplers import SAMPLERS, SCHEDULES, make_scheduler
+from latentdiff.pipelines.samplers import SAMPLERS, make_scheduler
 
 SD_CONFIG = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
              "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"}

@@ -91,7 +91,8 @@ def test_karras_scheduler_and_ignored_fields(api):
     r = api.txt2img(prompt="cat", seed=1, width=64, height=64, steps=2, sampler_name="DPM++ 2M", scheduler="Karras",
                     restore_faces=True, enable_hr=True)
     assert r.info["sampler_name"] == "DPM++ 2M Karras"
-    assert {"restore_faces", "enable_hr"} <= set(r.info["ignored"])
+    assert "restore_faces" in r.info["ignored"] and "enable_hr" not in r.info["ignored"]  # the hires fix runs (issue 17)
+    assert r.image.size == (128, 128)
 
 
 def test_img2img_and_inpaint(api, local):

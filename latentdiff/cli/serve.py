@@ -15,6 +15,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--models-dir", help="folder of diffusers folders and .safetensors files clients may switch to")
     s.add_argument("--lora-dir", help="folder of .safetensors LoRAs for <lora:name:weight> in prompts")
     s.add_argument("--controlnet-dir", help="folder of ControlNets (diffusers folders, .safetensors) for alwayson_scripts.controlnet")
+    s.add_argument("--embeddings-dir", help="folder of .safetensors textual-inversion embeddings, used by name in prompts")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth (needed to bind beyond loopback)")
@@ -52,7 +53,8 @@ def check_serve_args(args) -> tuple[str | None, str | None]:
     parse_auth(args.api_auth)
     if not 0 < args.port < 65536:
         raise LatentDiffError(f"--port must be in 1..65535, got {args.port}")
-    for flag, d in (("--models-dir", args.models_dir), ("--lora-dir", args.lora_dir), ("--controlnet-dir", args.controlnet_dir)):
+    for flag, d in (("--models-dir", args.models_dir), ("--lora-dir", args.lora_dir), ("--controlnet-dir", args.controlnet_dir),
+                    ("--embeddings-dir", getattr(args, "embeddings_dir", None))):
         if d is not None and not Path(d).is_dir():
             raise LatentDiffError(f"{flag} is not a folder: {d}")
     if args.model and not Path(args.model).exists():
@@ -76,7 +78,8 @@ def cmd_serve(args) -> int:
     from ..server.worker import Catalog
 
     model, default_path = check_serve_args(args)
-    catalog = Catalog(model, args.models_dir, args.lora_dir, default_path, args.controlnet_dir)
+    catalog = Catalog(model, args.models_dir, args.lora_dir, default_path, controlnet_dir=args.controlnet_dir,
+                      embeddings_dir=args.embeddings_dir)
     asgi = create_app(catalog, allowed_hosts=loopback_hosts(args.host, args.port), auth=parse_auth(args.api_auth),
                       device=args.device, dtype=args.dtype)
     print(f"latentdiff serve: http://{args.host}:{args.port}/ (model {catalog.first}; A1111 API at /sdapi/v1)", flush=True)

@@ -150,7 +150,7 @@ def chunk_prompt(tokenizer, prompt: str, embeddings: dict[str, int] | None = Non
             if len(cur.tokens) + count > size:
                 close()
             cur.fixes.append((len(cur.tokens), name))
-            cur.tokens += [0] * count  # placeholder ids, as A1111's; their embeddings are replaced (token_fixes)
+            cur.tokens += [0] * count  # placeholder ids, as A1111's; their embeddings are replaced (TokenFixes)
             cur.weights += [weight] * count
             pos += len(name_ids)
     if cur.tokens or not chunks:
@@ -190,7 +190,7 @@ def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return z * (before / z.mean(dim=(1, 2), keepdim=True))
 
 
-class token_fixes:
+class TokenFixes:
     """While active, the text encoder's token embeddings at given (row, offset) take textual-inversion vectors.
 
     `fixes`: [(row in the (N, 77) id batch, offset in the row, vectors (n, D))]. A forward hook on the input embedding
@@ -206,7 +206,7 @@ class token_fixes:
             out[row, offset:offset + vectors.shape[0]] = vectors.to(out.device, out.dtype)
         return out
 
-    def __enter__(self) -> "token_fixes":
+    def __enter__(self) -> "TokenFixes":
         if self.fixes:
             self.handle = self.embedding.register_forward_hook(self._hook)
         return self

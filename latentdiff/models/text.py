@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from .prompt_syntax import chunk_ids, chunk_prompts, chunk_weights, emphasize, token_fixes
+from .prompt_syntax import TokenFixes, chunk_ids, chunk_prompts, chunk_weights, emphasize
 
 
 def token_chunks(tokenizer, prompt: str) -> list[list[int]]:
@@ -42,7 +42,7 @@ def encode_weighted(tokenizer, text_encoder, prompts: list[str], forward: Callab
     input_ids = torch.tensor([chunk_ids(tokenizer, c.tokens) for c in rows], device=device)  # (B·k, 77)
     weights = torch.tensor([chunk_weights(tokenizer, c) for c in rows], device=device)       # (B·k, 77)
     fixes = [(r, 1 + offset, embeddings[name]) for r, c in enumerate(rows) for offset, name in c.fixes]
-    with token_fixes(text_encoder, fixes):
+    with TokenFixes(text_encoder, fixes):
         out = forward(input_ids)
     hidden, extra = out if isinstance(out, tuple) else (out, None)
     hidden = emphasize(hidden, weights)  # (B·k, 77, D)

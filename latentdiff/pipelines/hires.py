@@ -19,6 +19,7 @@ from PIL import Image
 from ..errors import LatentDiffError
 from .guidance import CFGDenoiser
 from .image_to_image import check_strength, draw_noise, strength_timesteps, vae_encode
+from .prompt_editing import step_contexts, switcher
 from .samplers import make_scheduler
 
 # our name → (A1111's "Hires upscaler" label, latent interpolation mode or None for a pixel upscaler, PIL filter)
@@ -125,14 +126,17 @@ def hires_fix(pipe, prompt, negative_prompt="", *, hires: HiresFix, num_inferenc
     scheduler.set_timesteps(total, device=pipe.device)
     timesteps = strength_timesteps(scheduler, total, hires.strength)
     guided = p0.guidance_scale > 1.0
-    context = pipe.encode_text([p.prompt for p in first.params], [p.negative_prompt for p in first.params], guided, clip_skip)
+    prompts, negatives = [p.prompt for p in first.params], [p.negative_prompt for p in first.params]
+    context, unet = pipe.condition(prompts, negatives, guided, clip_skip, (size[1], size[0]), kwargs.get("micro_conditioning"))
+    contexts = step_contexts(pipe, prompts, negatives, guided, clip_skip, steps, first=context)  # the second pass's steps
     from .control import controlled_unet  # ControlNets steer the second pass too, their images fitted to its size (as A1111)
 
-    unet = controlled_unet(pipe, kwargs.get("controls"), size[0], size[1], len(timesteps), guided)[0]
-    model = CFGDenoiser(unet, context, p0.guidance_scale, guidance_rescale, scheduler=scheduler)
-    noise = draw_noise([torch.Generator("cpu").manual_seed(s) for s in seeds], latents.shape).to(pipe.device, pipe.dtype)
-    latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(seeds)))
-    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)
+    unet = controlled_unet(pipe, kwargs.get("controls"), size[0], size[1], len(timesteps), guided, unet)[0]
+    model = CFGDenoiser(unet, contexts[0], p0.guidance_scale, guidance_rescale, scheduler=scheduler)
+    noise = draw_noise([torch.Generator("cpu").manual_seed(s) for s in seeds], latents.shape).to(pipe.device, torch.float32)
+    latents = scheduler.add_noise(latents.float(), noise, timesteps[:1].repeat(len(seeds)))  # sampler state in fp32
+    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress,
+                           on_step=switcher(model, contexts, len(timesteps)), callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
     for p in first.params:
         p.extra.update(hires.fields(p0.steps))

@@ -91,15 +91,21 @@ def img2img(pipe, prompt: str | list[str], image: ImageInput | InputImage, negat
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
 
-    context, unet = pipe.condition(req.prompts, req.negatives, guidance_scale > 1.0, clip_skip, (h, w), micro_conditioning)
-    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guidance_scale > 1.0, unet)
-    model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+    from .prompt_editing import step_contexts, switcher  # [from:to:when], [a|b] over the steps that run
+
+    guided = guidance_scale > 1.0
+    context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
+    contexts = step_contexts(pipe, req.prompts, req.negatives, guided, clip_skip, max(1, len(timesteps) // scheduler.order),
+                             first=context)
+    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guided, unet)
+    model = CFGDenoiser(unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
     gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     batch = init.tensor.expand(len(gens), -1, -1, -1)  # (B, 3, H, W)
     init_latents = vae_encode(pipe.vae, batch, gens).to(pipe.device, torch.float32)  # first draw of each generator
     noise = draw_noise(gens, init_latents.shape).to(pipe.device, torch.float32)   # second draw
     latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(gens)))
-    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress, callback=callback)
+    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress,
+                           on_step=switcher(model, contexts, len(timesteps)), callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
 
     params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip,

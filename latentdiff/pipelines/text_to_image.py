@@ -301,13 +301,18 @@ class LatentDiffusionPipeline:
         scheduler = make_scheduler(sampler, self.components.scheduler_config, req.schedule)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
 
-        context, unet = self.condition(prompts, negatives, guidance_scale > 1.0, clip_skip, (height, width), micro_conditioning)
+        from .prompt_editing import step_contexts, switcher  # [from:to:when], [a|b]: conditioning by step
+
+        guided = guidance_scale > 1.0
+        context, unet = self.condition(prompts, negatives, guided, clip_skip, (height, width), micro_conditioning)
+        contexts = step_contexts(self, prompts, negatives, guided, clip_skip, num_inference_steps, first=context)
         unet, control_extra, control_units = controlled_unet(self, controls, width, height, len(scheduler.timesteps),
-                                                             guidance_scale > 1.0, unet)
-        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
+                                                             guided, unet)
+        model = CFGDenoiser(unet, contexts[0], guidance_scale, guidance_rescale, scheduler=scheduler)
         latents, gens = self.initial_noise(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
-        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress, callback=callback)
+        latents = self.denoise(latents, scheduler, scheduler.timesteps, model, gens, progress,
+                               on_step=switcher(model, contexts, len(scheduler.timesteps)), callback=callback)
         images = self.to_pil(self.decode(latents))
         params = request_params(self, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip, control_extra)
         return PipelineOutput(images, with_controls(params, control_units))

@@ -16,7 +16,7 @@ from ..errors import LatentDiffError
 from ..pipelines.samplers import SAMPLERS, check_sampler
 
 # Fields A1111 clients send that we accept but do not honour: reported in `info["ignored"]` when set (truthy).
-IGNORED_FIELDS = ("enable_hr", "restore_faces", "tiling", "styles", "subseed_strength", "script_name", "alwayson_scripts",
+IGNORED_FIELDS = ("restore_faces", "tiling", "styles", "subseed_strength", "script_name", "alwayson_scripts",
                   "save_images", "inpainting_fill", "inpaint_full_res", "resize_mode", "initial_noise_multiplier",
                   "include_init_images", "image_cfg_scale")
 SCHEDULERS = {"automatic": "Automatic", "karras": "Karras"}   # A1111's noise schedules that we can honour
@@ -41,6 +41,11 @@ class Txt2ImgRequest(BaseModel):
     height: int | None = None
     override_settings: dict[str, Any] = {}
     send_images: bool = True
+    enable_hr: bool = False          # A1111's hires fix (pipelines.hires): base size, upscale, img2img
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None   # "Latent" (default), "Latent (nearest)", "Lanczos", ...
+    hr_second_pass_steps: int = 0
+    denoising_strength: float | None = None  # the hires pass's strength on txt2img (default 0.7)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -100,6 +105,7 @@ class Job:
     mask_blur: float = 0.0
     ignored: list[str] = field(default_factory=list)
     controls: list = field(default_factory=list)  # server.controlnet.ApiUnit per enabled ControlNet unit
+    hires: Any = None                # pipelines.hires.HiresFix when enable_hr
 
 
 def decode_image(text: str, what: str, limits: Limits) -> Image.Image:
@@ -199,6 +205,15 @@ def to_job(req: Txt2ImgRequest, limits: Limits) -> Job:
     from .controlnet import parse_units
 
     job.controls = parse_units(req.model_extra, limits)
+    if req.enable_hr and not isinstance(req, Img2ImgRequest):
+        from ..pipelines.hires import HiresFix
+
+        job.hires = HiresFix(scale=float(req.hr_scale), steps=int(req.hr_second_pass_steps),
+                             strength=0.7 if req.denoising_strength is None else float(req.denoising_strength),
+                             upscaler=req.hr_upscaler or "Latent")
+        big = [int((v or 512) * job.hires.scale) for v in (req.width, req.height)]  # unknown native size: A1111's 512
+        if max(big) > limits.max_side:
+            raise LatentDiffError(f"hires size {big[0]}x{big[1]} is over the server's limit of {limits.max_side}")
     if isinstance(req, Img2ImgRequest):
         if not req.init_images:
             raise LatentDiffError("img2img needs init_images (one base64 image)")

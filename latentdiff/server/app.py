@@ -248,7 +248,24 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
 
     @app.get("/sdapi/v1/embeddings")
     async def embeddings():
-        return {"loaded": {}, "skipped": {}}
+        """A1111's listing: the embeddings of --embeddings-dir that fit the current model's text encoder, and the rest."""
+        entry = worker.pipes.get(worker.current or "") if worker.current else None
+        width = entry[0].text_encoder.config.hidden_size if entry else None
+        out: dict = {"loaded": {}, "skipped": {}}
+        for name, e in catalog.embeddings.items():
+            fits = e.for_encoder(width) is not None if width else "" in e.vectors
+            shape = next(iter(e.vectors.values())).shape
+            out["loaded" if fits else "skipped"][name] = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                                          "shape": int(shape[-1]), "vectors": int(shape[0])}
+        return out
+
+    @app.post("/sdapi/v1/refresh-embeddings")
+    async def refresh_embeddings():
+        catalog.refresh()
+        for pipe, _ in worker.pipes.values():
+            pipe.embeddings.clear()
+            pipe.embeddings.update(catalog.embeddings)
+        return {}
 
     @app.get("/sdapi/v1/scripts")
     async def scripts():

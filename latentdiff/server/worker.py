@@ -37,12 +37,13 @@ class Catalog:
     """The models and LoRAs clients can name, scanned from the configured folders only (no paths from clients)."""
 
     def __init__(self, model: str | None = None, models_dir: str | None = None, lora_dir: str | None = None,
-                 default_path: str | None = None, controlnet_dir: str | None = None):
+                 default_path: str | None = None, controlnet_dir: str | None = None, embeddings_dir: str | None = None):
         self.model, self.models_dir, self.lora_dir, self.default_path = model, models_dir, lora_dir, default_path
-        self.controlnet_dir = controlnet_dir
+        self.controlnet_dir, self.embeddings_dir = controlnet_dir, embeddings_dir
         self.controlnets: dict[str, Path] = {}
         self.models: dict[str, ModelEntry] = {}
         self.loras: dict[str, Path] = {}
+        self.embeddings: dict = {}  # name → checkpoints.embeddings.Embedding, used by name in prompts
         self.first: str | None = None
         self.refresh()
 
@@ -74,6 +75,10 @@ class Catalog:
             if (p.is_dir() and (p / "config.json").is_file()) or p.suffix == ".safetensors":
                 controlnets.setdefault(p.stem if p.is_file() else p.name, p)
         self.controlnets = controlnets
+        if self.embeddings_dir:  # .safetensors only: a client never makes the server unpickle
+            from ..checkpoints.embeddings import read_embeddings
+
+            self.embeddings = read_embeddings(self.embeddings_dir)
 
     def find_model(self, name: str) -> ModelEntry:
         """A model by its name or A1111 title ("name [hash]", "name.safetensors"); one-line error otherwise."""
@@ -206,6 +211,7 @@ class Worker:
             t0 = time.perf_counter()
             pipe = LatentDiffusionPipeline.from_pretrained(entry.path, device=self.device, dtype=self.dtype)
             pipe.model_name = entry.name
+            pipe.embeddings.update(self.catalog.embeddings)
             preview = fit_preview(pipe) if self.fit_previews else None
             self.pipes[name] = (pipe, preview)
             log.info("loaded %s in %.1f s", name, time.perf_counter() - t0)
@@ -241,7 +247,11 @@ class Worker:
             kw = dict(num_inference_steps=job.steps, guidance_scale=job.cfg_scale, sampler=job.sampler, num_images=job.batch_size,
                       seed=job.seed + n * job.batch_size, width=job.width, height=job.height, progress=False,
                       callback=self._step, controls=self._controls(job))
-            if job.mode == "txt2img":
+            if job.mode == "txt2img" and job.hires is not None:
+                from ..pipelines.hires import hires_fix
+
+                r = hires_fix(pipe, job.prompt, job.negative_prompt, hires=job.hires, **kw)
+            elif job.mode == "txt2img":
                 r = pipe(job.prompt, job.negative_prompt, **kw)
             elif job.mode == "img2img":
                 r = pipe.img2img(job.prompt, job.init_image, job.negative_prompt, strength=job.strength, **kw)
