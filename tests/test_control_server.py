@@ -48,6 +48,10 @@ def test_txt2img_controlnet_unit_equals_the_library(served, tiny_folder):
     assert np.array_equal(np.asarray(r.image.convert("RGB")), np.asarray(want.images[0]))
     assert 'ControlNet 0: "Module: canny, Model: cn-tiny [' in r.image.info["parameters"]
     assert requests.get(f"{srv.url}/controlnet/model_list").json() == {"model_list": ["cn-tiny"]}
+    # webuiapi keeps the units in its mutable default `alwayson_scripts`; the server lists ControlNet among its scripts,
+    # so webuiapi's next call without units sends {"args": []} and draws without a ControlNet
+    plain = api.txt2img(prompt="a red apple", seed=5, **SMALL)
+    assert api.has_controlnet and "ControlNet 0" not in plain.image.info["parameters"]
 
 
 def test_unknown_model_and_module_are_one_line(served):

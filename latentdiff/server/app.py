@@ -269,7 +269,10 @@ def create_app(catalog: Catalog, *, limits: Limits | None = None, allowed_hosts:
 
     @app.get("/sdapi/v1/scripts")
     async def scripts():
-        return {"txt2img": [], "img2img": []}
+        # ControlNet units are honoured (server/controlnet.py). Clients such as webuiapi look for "controlnet m2m" here and
+        # then send `{"args": []}` when a call has no units; without it they resend the units of an earlier call.
+        names = ["controlnet", "controlnet m2m"]
+        return {"txt2img": names, "img2img": names}
 
     @app.get("/sdapi/v1/options")
     async def get_options():
