@@ -12,30 +12,17 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> dict:
-    def once() -> float:
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize(device)
-            return a.elapsed_time(b) / 1000
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
+    """latentdiff.bench's timer (CUDA events or perf_counter), keyword-adapted for the rows below."""
+    from latentdiff.bench.harness import timed as bench_timed
 
-    warm = [once() for _ in range(warmup)]
-    times = [once() for _ in range(repeats)]
-    return {"warmup_s": warm, "times_s": times, "median_s": statistics.median(times)}
+    return bench_timed(fn, warmup=warmup, repeats=repeats, device=device)
 
 
 def peak(device: torch.device, fn) -> float | None:
