@@ -87,3 +87,37 @@ def test_break_and_comma_chunks_keep_their_own_mean(biased):
     assert comma == 72
     first, _ = enc(biased, [biased.tokenizer.decode(toks[:comma + 1])])
     torch.testing.assert_close(long[:, :77], first, rtol=0, atol=1e-6)
+
+
+def test_sdxl_embedding_pair_gives_diffusers_image(tmp_path, tiny_sdxl_folder, tiny_sdxl):
+    """An SDXL clip_l/clip_g pair by name in prompt and negative: the image diffusers draws after loading each half into
+    its encoder and tokenizer (as diffusers documents for SDXL embeddings)."""
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file, save_file
+
+    from latentdiff import LatentDiffusionPipeline
+    from latentdiff.pipelines.samplers import make_scheduler
+
+    g = torch.Generator().manual_seed(11)
+    path = tmp_path / "xltok.safetensors"
+    save_file({"clip_l": torch.randn(2, 32, generator=g), "clip_g": torch.randn(2, 48, generator=g)}, path)
+    prompt, kw = "a photo of xltok on a (table:1.0)", dict(num_inference_steps=4, guidance_scale=5.0, height=64, width=64)
+    ref = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_folder), local_files_only=True, add_watermarker=False)
+    ref.scheduler = make_scheduler("euler", tiny_sdxl.scheduler_config)
+    ref.set_progress_bar_config(disable=True)
+    pair = load_file(path)
+    ref.load_textual_inversion(pair["clip_l"], token="xltok", text_encoder=ref.text_encoder, tokenizer=ref.tokenizer)
+    ref.load_textual_inversion(pair["clip_g"], token="xltok", text_encoder=ref.text_encoder_2, tokenizer=ref.tokenizer_2)
+    want = ref("a photo of xltok on a table", negative_prompt="xltok", generator=[torch.Generator().manual_seed(3)], **kw).images[0]
+
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, device="cpu", dtype="fp32")
+    assert pipe.load_embeddings(path) == ["xltok"]
+    got = pipe(prompt, "xltok", sampler="euler", seed=3, progress=False, **kw)
+    px = lambda im: np.asarray(im, dtype=np.int16)  # noqa: E731
+    diff = np.abs(px(got.images[0]) - px(want))
+    assert diff.max() <= 2, diff.max()
+    plain = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, device="cpu", dtype="fp32")(
+        prompt, "xltok", sampler="euler", seed=3, progress=False, **kw).images[0]
+    assert np.abs(px(plain) - px(got.images[0])).mean() > 1  # the embedding changed the picture
+    assert got.params[0].extra["TI hashes"].startswith("xltok: ")
