@@ -121,3 +121,50 @@ def test_sdxl_embedding_pair_gives_diffusers_image(tmp_path, tiny_sdxl_folder, t
         prompt, "xltok", sampler="euler", seed=3, progress=False, **kw).images[0]
     assert np.abs(px(plain) - px(got.images[0])).mean() > 1  # the embedding changed the picture
     assert got.params[0].extra["TI hashes"].startswith("xltok: ")
+
+
+def test_prompt_editing_equals_diffusers_switching_prompts_at_the_step(tiny_sdxl_folder, tiny_sdxl):
+    """`[red fox:blue cat:0.5]` over 6 steps: A1111 keeps the first text through step int(0.5·6) = 3 (0-based, its
+    reconstruct_cond_batch), so diffusers switches context and pooled text in callback_on_step_end after step 3.
+    Compared on the final latents: the tiny model's late steps hardly move pixels."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from latentdiff import LatentDiffusionPipeline
+    from latentdiff.pipelines.samplers import make_scheduler
+    from latentdiff.pipelines.sdxl import encode_texts
+
+    kw = dict(num_inference_steps=6, guidance_scale=5.0, height=64, width=64)
+    ref = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl_folder), local_files_only=True, add_watermarker=False)
+    ref.scheduler = make_scheduler("euler", tiny_sdxl.scheduler_config)
+    ref.set_progress_bar_config(disable=True)
+    b, b_neg, b_pooled, b_neg_pooled = ref.encode_prompt("a blue cat in snow", device="cpu", negative_prompt="blurry")
+
+    def switch(pipe, i, t, kwargs):
+        if i == 3:
+            return {"prompt_embeds": torch.cat([b_neg, b]), "add_text_embeds": torch.cat([b_neg_pooled, b_pooled])}
+        return {}
+    want = ref("a red fox in snow", negative_prompt="blurry", generator=[torch.Generator().manual_seed(5)],
+               callback_on_step_end=switch, callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"],
+               output_type="latent", **kw).images  # (1, 4, 8, 8)
+
+    pipe = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, device="cpu", dtype="fp32")
+
+    def final_latents(prompt):
+        last = []
+        pipe(prompt, "blurry", sampler="euler", seed=5, progress=False, callback=lambda i, n, x: last.append(x.clone()), **kw)
+        return last[-1]
+
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True)
+    try:
+        got = final_latents("a [red fox:blue cat:0.5] in snow")
+    finally:
+        hook.remove()
+    err = (got - want).abs().max().item()
+    assert err < 1e-4, err
+    fox, cat = (encode_texts(pipe, [p], ["blurry"], True, 0)[1] for p in ("a red fox in snow", "a blue cat in snow"))
+    assert [("fox" if torch.equal(s, fox) else "cat" if torch.equal(s, cat) else "?") for s in seen] == ["fox"] * 4 + ["cat"] * 2
+    for text in ("a red fox in snow", "a blue cat in snow"):  # both texts reach the latents, far beyond the parity error
+        gap = (final_latents(text) - got).abs().max().item()
+        assert gap > 100 * max(err, 1e-6)
