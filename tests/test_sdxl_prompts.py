@@ -168,3 +168,13 @@ def test_prompt_editing_equals_diffusers_switching_prompts_at_the_step(tiny_sdxl
     for text in ("a red fox in snow", "a blue cat in snow"):  # both texts reach the latents, far beyond the parity error
         gap = (final_latents(text) - got).abs().max().item()
         assert gap > 100 * max(err, 1e-6)
+
+
+def test_refiner_refuses_prompt_editing_in_one_line(tiny_sdxl, tiny_sdxl_refiner):
+    from latentdiff import LatentDiffusionPipeline
+    from latentdiff.errors import LatentDiffError
+
+    base = LatentDiffusionPipeline(tiny_sdxl, device="cpu", dtype="fp32")
+    refiner = LatentDiffusionPipeline(tiny_sdxl_refiner, device="cpu", dtype="fp32")
+    with pytest.raises(LatentDiffError, match="do not cross the refiner hand-off"):
+        base("a [cat:dog:0.5]", refiner=refiner, num_inference_steps=4, sampler="euler", seed=1, progress=False)

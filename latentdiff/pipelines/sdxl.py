@@ -122,6 +122,11 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     check_guidance(guidance_scale, guidance_rescale)
     req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     check_memory(base, width, height, len(req.prompts))
+    from ..models.prompt_schedule import prompt_schedule
+
+    if any([s[1] for s in prompt_schedule(t, num_inference_steps)] != [t] for t in req.prompts + req.negatives):
+        raise LatentDiffError("prompt editing [from:to:when] and alternation [a|b] do not cross the refiner hand-off yet; "
+                              "draw without --refiner")
     guided = guidance_scale > 1.0
 
     scheduler = make_scheduler(req.sampler, base.components.scheduler_config, req.schedule)
