@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LatentDiffError
-from .text import chunk_ids, token_chunks
+from .text import encode_weighted
 
 Size = tuple[int, int]  # (height, width), as diffusers orders them
 
@@ -72,28 +72,40 @@ def hidden_layer(clip_skip: int, first_of_two: bool) -> int:
 
 
 @torch.no_grad()
-def encode_sdxl(tokenizers: list, encoders: list, prompts: list[str], *, clip_skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_sdxl(tokenizers: list, encoders: list, prompts: list[str], *, clip_skip: int = 0,
+                embeddings: list[dict[str, torch.Tensor]] | None = None, syntax: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts → (context (B, 77·k, ΣD), pooled (B, P)) with one or two encoders; the last one gives the pooled text.
 
-    A prompt of up to 75 tokens gives exactly diffusers' embeddings. Longer prompts are cut into 75-token chunks,
-    each encoded with BOS/EOS and concatenated along the sequence (A1111); the pooled text is the first chunk's.
+    A plain prompt of up to 75 tokens gives exactly diffusers' embeddings. A1111's syntax applies to each encoder as
+    A1111 applies it to both of SDXL's: emphasis (weights, then each chunk's mean restored per encoder), BREAK and
+    comma-aware 75-token chunks, each encoded with BOS/EOS and concatenated along the sequence; the pooled text is
+    the first chunk's. `embeddings`: per encoder, textual-inversion vectors {name: (n, D_i)} (an SDXL pair's
+    clip_l / clip_g halves); a name is read as an embedding only where every encoder has vectors for it, so both
+    encoders cut the same chunks (they share CLIP's vocabulary).
     """
     if clip_skip < 0:
         raise LatentDiffError(f"--clip-skip must be ≥ 0, got {clip_skip}")
-    chunks = [[token_chunks(tok, p) for p in prompts] for tok in tokenizers]  # per encoder, per prompt
-    k = max(len(c) for per_enc in chunks for c in per_enc)
+    per_encoder = embeddings or [{} for _ in encoders]
+    shared = set.intersection(*(set(v) for v in per_encoder)) if per_encoder else set()
     hidden, pooled = [], None
-    for i, (tok, enc, per_prompt) in enumerate(zip(tokenizers, encoders, chunks)):
+    for i, (tok, enc) in enumerate(zip(tokenizers, encoders)):
         layers = enc.config.num_hidden_layers
         layer = hidden_layer(clip_skip, i == 0 and len(encoders) == 2)
         if -layer > layers:
             raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers")
-        ids = [chunk_ids(tok, c[j] if j < len(c) else []) for c in per_prompt for j in range(k)]
-        out = enc(torch.tensor(ids, device=enc.device), output_hidden_states=True)
-        h = out.hidden_states[layer]  # (B·k, 77, D_i)
-        hidden.append(h.reshape(len(prompts), k * h.shape[1], h.shape[2]))  # (B, 77·k, D_i)
-        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds (B·k, P)
-            pooled = out[0].reshape(len(prompts), k, -1)[:, 0]  # (B, P), the first chunk's
+
+        def forward(ids: torch.Tensor, enc=enc, layer=layer):
+            out = enc(ids, output_hidden_states=True)
+            h = out.hidden_states[layer]  # (N, 77, D_i), penultimate: no final layer norm (as SDXL and A1111)
+            return (h, out[0]) if out[0].ndim == 2 else h  # CLIPTextModelWithProjection: text_embeds (N, P)
+
+        vectors = {n: v for n, v in per_encoder[i].items() if n in shared}
+        h, extra = encode_weighted(tok, enc, prompts, forward, embeddings=vectors, syntax=syntax)  # (B, 77·k, D_i)
+        if hidden and h.shape[1] != hidden[0].shape[1]:
+            raise LatentDiffError("the SDXL text encoders cut the prompt into different chunk counts (mismatched tokenizers)")
+        hidden.append(h)
+        if extra is not None:
+            pooled = extra  # (B, P), the first chunk's
     if pooled is None:
         raise LatentDiffError("SDXL needs a text encoder with a projection (CLIPTextModelWithProjection) for the pooled text")
     return torch.cat(hidden, dim=-1), pooled  # (B, 77·k, ΣD), (B, P)

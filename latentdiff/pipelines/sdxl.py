@@ -39,26 +39,38 @@ def encoders(pipe) -> tuple[list, list]:
 
 
 @torch.no_grad()
-def condition(pipe, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int, size: tuple[int, int],
-              micro: MicroConditioning | dict | None = None) -> tuple[torch.Tensor, AddedCondUNet]:
-    """([uncond; cond] context (2B, T, D) or cond (B, T, D), the U-Net with pooled text and time ids bound).
+def encode_texts(pipe, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([uncond; cond] or cond context (n, T, D), pooled text (n, P)) under A1111's prompt syntax and the pipe's
+    textual-inversion embeddings (an SDXL pair's clip_l half for CLIP ViT-L, clip_g for bigG).
 
     An empty negative prompt gives all-zero negative embeddings when the model says force_zeros_for_empty_prompt
     (SDXL base; diffusers does this for negative_prompt=None).
     """
+    from ..checkpoints.embeddings import vectors_for
+
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
         raise LatentDiffError(f"--clip-skip must be an integer ≥ 0, got {clip_skip}")
+    tokenizers, encs = encoders(pipe)
+    keys = ["clip_l", "clip_g"][-len(encs):]  # the refiner's one encoder is bigG
+    vectors = [vectors_for(getattr(pipe, "embeddings", {}), e.config.hidden_size, k) for e, k in zip(encs, keys)]
+    texts = negatives + prompts if guided else prompts
+    context, pooled = encode_sdxl(tokenizers, encs, texts, clip_skip=clip_skip, embeddings=vectors)  # (n, T, D), (n, P)
+    if guided and pipe.components.extra.get("force_zeros_for_empty_prompt", True):
+        empty = torch.tensor([n == "" for n in negatives] + [False] * len(prompts), device=context.device)
+        context = context.masked_fill(empty[:, None, None], 0.0)
+        pooled = pooled.masked_fill(empty[:, None], 0.0)
+    return context.to(pipe.dtype), pooled.to(pipe.dtype)
+
+
+@torch.no_grad()
+def condition(pipe, prompts: list[str], negatives: list[str], guided: bool, clip_skip: int, size: tuple[int, int],
+              micro: MicroConditioning | dict | None = None) -> tuple[torch.Tensor, AddedCondUNet]:
+    """([uncond; cond] context (2B, T, D) or cond (B, T, D), the U-Net with pooled text and time ids bound)."""
     height, width = size
     opts = pipe.components.extra
     micro = MicroConditioning.of(micro)
-    tokenizers, encs = encoders(pipe)
-    texts = negatives + prompts if guided else prompts
-    context, pooled = encode_sdxl(tokenizers, encs, texts, clip_skip=clip_skip)  # (n, T, D), (n, P)
+    context, pooled = encode_texts(pipe, prompts, negatives, guided, clip_skip)  # (n, T, D), (n, P)
     b = len(prompts)
-    if guided and opts.get("force_zeros_for_empty_prompt", True):
-        empty = torch.tensor([n == "" for n in negatives] + [False] * b, device=context.device)
-        context = context.masked_fill(empty[:, None, None], 0.0)
-        pooled = pooled.masked_fill(empty[:, None], 0.0)
     neg_ids, pos_ids = micro.time_ids(height, width, opts.get("requires_aesthetics_score", False))
     cfg = pipe.unet.config
     want = cfg.projection_class_embeddings_input_dim
@@ -68,7 +80,7 @@ def condition(pipe, prompts: list[str], negatives: list[str], guided: bool, clip
                               "(requires_aesthetics_score in model_index.json decides 5 or 6 numbers)")
     rows = ([neg_ids] * b if guided else []) + [pos_ids] * b
     time_ids = torch.tensor(rows, dtype=pipe.dtype, device=pipe.device)  # (n, 5 or 6)
-    return context.to(pipe.dtype), AddedCondUNet(pipe.unet, pooled.to(pipe.dtype), time_ids)
+    return context, AddedCondUNet(pipe.unet, pooled, time_ids)
 
 
 def switch_timestep(scheduler, fraction: float) -> int:
@@ -110,6 +122,11 @@ def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, nu
     check_guidance(guidance_scale, guidance_rescale)
     req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
     check_memory(base, width, height, len(req.prompts))
+    from ..models.prompt_schedule import prompt_schedule
+
+    if any([s[1] for s in prompt_schedule(t, num_inference_steps)] != [t] for t in req.prompts + req.negatives):
+        raise LatentDiffError("prompt editing [from:to:when] and alternation [a|b] do not cross the refiner hand-off yet; "
+                              "draw without --refiner")
     guided = guidance_scale > 1.0
 
     scheduler = make_scheduler(req.sampler, base.components.scheduler_config, req.schedule)
