@@ -65,8 +65,11 @@ class LoraTrainer:
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
         self.out = Path(cfg.output_dir)
         self._load_model(components)
+        c = self.pipe.components
         self.data = LoraData(cfg, self.acc, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                             weight_dtype=self.weight_dtype, native=self.native, out=self.out, progress=progress)
+                             weight_dtype=self.weight_dtype, native=self.native, out=self.out, progress=progress,
+                             text_encoder_2=c.text_encoder_2, tokenizer_2=c.tokenizer_2,
+                             aesthetic=bool(c.extra.get("requires_aesthetics_score", False)))
         self._add_adapter()
         self.images: list[Path] = []
 
@@ -89,8 +92,11 @@ class LoraTrainer:
                 components.scheduler_config["prediction_type"] = cfg.prediction_type
             self.pipe = LatentDiffusionPipeline(components, device=self.acc.device, dtype=self.weight_dtype, model_name="memory")
         c = self.pipe.components
-        for m in (c.unet, c.vae, c.text_encoder):
-            m.requires_grad_(False).eval()
+        for m in (c.unet, c.vae, c.text_encoder, c.text_encoder_2):
+            if m is not None:
+                m.requires_grad_(False).eval()
+        if c.text_encoder_2 is not None and cfg.train_text_encoder:
+            raise LatentDiffError("train_text_encoder is not supported for SDXL models yet; train the U-Net LoRA alone")
         self.unet, self.vae, self.text_encoder, self.tokenizer = c.unet, c.vae, c.text_encoder, c.tokenizer
         self.objective = DiffusionLoss(c.scheduler_config, LossConfig(prediction_type=c.prediction_type,
                                                                  min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset))
@@ -160,17 +166,27 @@ class LoraTrainer:
         captions = ["" if rng.random() < cfg.caption_dropout else it.caption for it in items]
         flips = [cfg.random_flip and rng.random() < 0.5 for _ in items]
         x0 = self.data.latents_of(items, flips, g, micro // self.data.batches_per_epoch)
-        context = self.data.context(captions, self.text_ddp if self.text_params else None)
+        context, model = self._conditioned(self.unet_ddp, items, captions, self.text_ddp if self.text_params else None)
         reg = torch.tensor([it.regularisation for it in items], device=x0.device)
         with self.acc.autocast():
             if not reg.any() or reg.all():
                 weight = cfg.prior_loss_weight if reg.all() else 1.0
-                return weight * self.objective(self.unet_ddp, x0, context, g)
+                return weight * self.objective(model, x0, context, g)
             # prior preservation: instance and class images weighted separately, averaged per image
             inst, prior = ~reg, reg
-            loss_i = self.objective(self.unet_ddp, x0[inst], context[inst], g)
-            loss_p = self.objective(self.unet_ddp, x0[prior], context[prior], g)
+            loss_i = self.objective(_rows(model, inst), x0[inst], context[inst], g)
+            loss_p = self.objective(_rows(model, prior), x0[prior], context[prior], g)
             return (inst.sum() * loss_i + cfg.prior_loss_weight * prior.sum() * loss_p) / len(items)
+
+    def _conditioned(self, unet, items, captions: list[str], trained_encoder=None):
+        """(context, model) of a micro-batch: SD1/SD2 the U-Net itself; SDXL the U-Net with its added conditioning
+        (pooled text (B, P) and time ids (B, 6)) bound, as pipelines.sdxl.condition binds it for sampling."""
+        if not self.data.sdxl:
+            return self.data.context(captions, trained_encoder), unet
+        from ..pipelines.sdxl import AddedCondUNet
+
+        context, pooled = self.data.sdxl_context(captions)  # (B, 77, D1+D2), (B, P)
+        return context, AddedCondUNet(unet, pooled, self.data.time_ids(items))
 
     @torch.no_grad()
     def eval_loss(self) -> float | None:
@@ -185,7 +201,8 @@ class LoraTrainer:
             it = self.data.items[i]
             x0 = self.data.latents_of([it], [False], g, 0)
             with self.acc.autocast():
-                total += float(self.objective(self.unet, x0, self.data.context([it.caption]), g))
+                context, model = self._conditioned(self.unet, [it], [it.caption])
+                total += float(self.objective(model, x0, context, g))
         self._set_train(True)
         return total / n
 
@@ -302,6 +319,15 @@ class LoraTrainer:
         files = self.save_files(self.out, cfg.max_steps, cfg.save_formats) if acc.is_main_process else []
         eval_end = self.eval_loss()
         return LoraTrainResult(files, cfg.max_steps - start, eval_start, eval_end, time.perf_counter() - t0, self.images)
+
+
+def _rows(model, mask: torch.Tensor):
+    """The model for a subset of the batch: SDXL's bound added conditioning cut to the same rows."""
+    from ..pipelines.sdxl import AddedCondUNet
+
+    if isinstance(model, AddedCondUNet):
+        return AddedCondUNet(model.unet, model.text_embeds[mask], model.time_ids[mask])
+    return model
 
 
 def train_lora(cfg: LoraTrainConfig, *, resume: str | None = None, progress: bool = True) -> LoraTrainResult:
