@@ -73,8 +73,15 @@ def hidden_layer(clip_skip: int, first_of_two: bool) -> int:
 
 @torch.no_grad()
 def encode_sdxl(tokenizers: list, encoders: list, prompts: list[str], *, clip_skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode_sdxl_trainable` without gradients (sampling)."""
+    return encode_sdxl_trainable(tokenizers, encoders, prompts, clip_skip=clip_skip)
+
+
+def encode_sdxl_trainable(tokenizers: list, encoders: list, prompts: list[str], *,
+                          clip_skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts → (context (B, 77·k, ΣD), pooled (B, P)) with one or two encoders; the last one gives the pooled text.
 
+    Gradients flow when enabled (LoRA training of the text encoders).
     A prompt of up to 75 tokens gives exactly diffusers' embeddings. Longer prompts are cut into 75-token chunks,
     each encoded with BOS/EOS and concatenated along the sequence (A1111); the pooled text is the first chunk's.
     """

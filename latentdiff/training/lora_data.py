@@ -150,22 +150,25 @@ class LoraData:
         keys = [f"{part}|{c}" for c in captions for part in ("context", "pooled")]
         self.text.fill(keys, compute, batch_size=64, desc="cache captions", progress=self.progress)
 
-    def encode_sdxl_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_sdxl_text(self, captions: list[str], trained_encoders: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Captions → SDXL's (context (B, 77, D1+D2), pooled (B, P)): both encoders' penultimate states concatenated and
-        bigG's pooled projection (models.sdxl_text.encode_sdxl); over 75 tokens cut, as for SD1/SD2."""
-        from ..models.sdxl_text import encode_sdxl
+        bigG's pooled projection (models.sdxl_text.encode_sdxl); over 75 tokens cut, as for SD1/SD2. With
+        `trained_encoders` (the same encoders, being trained) gradients flow through them."""
+        from ..models.sdxl_text import encode_sdxl_trainable
 
         tokenizers = [t for t, e in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)) if e is not None]
-        context, pooled = encode_sdxl(tokenizers, self.encoders, captions)  # (B, 77·k, D), (B, P)
+        with torch.set_grad_enabled(trained_encoders is not None and torch.is_grad_enabled()):
+            context, pooled = encode_sdxl_trainable(tokenizers, trained_encoders or self.encoders, captions)  # (B, 77·k, D), (B, P)
         return context[:, :77], pooled  # the first 75-token chunk: the cut caption (pooled is the first chunk's already)
 
-    def sdxl_context(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context (B, 77, D1+D2), pooled (B, P)) in the weight dtype: cached, or encoded now."""
+    def sdxl_context(self, captions: list[str], trained_encoders: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, 77, D1+D2), pooled (B, P)) in the weight dtype: cached, or encoded now (with gradients through
+        `trained_encoders` when given)."""
         if self.text is not None:
             context = torch.stack([self.text[f"context|{c}"] for c in captions])
             pooled = torch.stack([self.text[f"pooled|{c}"] for c in captions])
         else:
-            context, pooled = self.encode_sdxl_text(captions)
+            context, pooled = self.encode_sdxl_text(captions, trained_encoders)
         return context.to(self.acc.device, self.weight_dtype), pooled.to(self.acc.device, self.weight_dtype)
 
     def time_ids(self, items: list[Item]) -> torch.Tensor:
