@@ -34,6 +34,7 @@ def test_sdxl_batches_cache_both_encoders_pooled_text_and_time_ids(tiny_sdxl_fol
 def test_sdxl_training_lowers_loss_and_the_files_load_back(tiny_sdxl_folder, xl_data, tmp_path):
     from latentdiff.lora.attach import component_modules
     from latentdiff.lora.io import read_lora
+    from latentdiff.lora.sdxl import kohya_aliases
     from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
     cfg = config(tiny_sdxl_folder, xl_data, tmp_path / "run", max_steps=20, eval_items=4, mixed_precision="no", lr=1e-2)
@@ -47,8 +48,10 @@ def test_sdxl_training_lowers_loss_and_the_files_load_back(tiny_sdxl_folder, xl_
     kw = dict(num_inference_steps=4, guidance_scale=5.0, seed=3, progress=False, height=64, width=64)
     before = np.asarray(pipe("a red square on blue", **kw).images[0], np.float32)
     keys = component_modules(pipe.unet, pipe.components.text_encoder, pipe.components.text_encoder_2)
+    with safe_open(str(result.files[1]), "pt") as f:  # kohya as sd-scripts writes SDXL: SGM U-Net names
+        assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for k in f.keys())
     for file in result.files:  # peft/diffusers and kohya forms
-        saved = read_lora(file, keys).state
+        saved = read_lora(file, keys, kohya_aliases(pipe.unet, keys)).state
         assert saved.keys() == trained.keys()  # the reloaded weights are the trained ones, bit for bit
         assert max(max((saved[k].up - m.up).abs().max().item(), (saved[k].down - m.down).abs().max().item())
                    for k, m in trained.items()) == 0.0
@@ -78,6 +81,7 @@ def test_sdxl_gradient_checkpointing_gives_the_same_first_loss(tiny_sdxl_folder,
 def test_sdxl_text_encoders_train_too_and_load_back(tiny_sdxl_folder, xl_data, tmp_path):
     from latentdiff.lora.attach import component_modules
     from latentdiff.lora.io import read_lora
+    from latentdiff.lora.sdxl import kohya_aliases
     from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
     cfg = config(tiny_sdxl_folder, xl_data, tmp_path / "run", max_steps=3, eval_items=0, mixed_precision="no",
@@ -93,7 +97,7 @@ def test_sdxl_text_encoders_train_too_and_load_back(tiny_sdxl_folder, xl_data, t
     pipe = LatentDiffusionPipeline.from_pretrained(tiny_sdxl_folder, device="cpu", dtype=torch.float32)
     keys = component_modules(pipe.unet, pipe.components.text_encoder, pipe.components.text_encoder_2)
     for file in result.files:
-        saved = read_lora(file, keys).state
+        saved = read_lora(file, keys, kohya_aliases(pipe.unet, keys)).state
         assert saved.keys() == trained.keys()
         assert max((saved[k].up - m.up).abs().max().item() for k, m in trained.items()) == 0.0
         pipe.load_lora(file)
@@ -104,6 +108,7 @@ def test_cli_train_lora_on_an_sdxl_model(tiny_sdxl_folder, xl_data, tmp_path, ca
     from latentdiff.cli import main
     from latentdiff.lora.attach import component_modules
     from latentdiff.lora.io import read_lora
+    from latentdiff.lora.sdxl import kohya_aliases
 
     out = tmp_path / "run"
     assert main(["train-lora", "--model", str(tiny_sdxl_folder), "--data", str(xl_data), "--output-dir", str(out),
@@ -113,5 +118,6 @@ def test_cli_train_lora_on_an_sdxl_model(tiny_sdxl_folder, xl_data, tmp_path, ca
     printed = capsys.readouterr().out.splitlines()
     assert printed == [str(out / "lora.safetensors"), str(out / "validation" / "step-000002-0.png")]
     c = load_components(tiny_sdxl_folder)
-    lora = read_lora(out / "lora.safetensors", list(component_modules(c.unet, c.text_encoder, c.text_encoder_2)))
+    keys = list(component_modules(c.unet, c.text_encoder, c.text_encoder_2))
+    lora = read_lora(out / "lora.safetensors", keys, kohya_aliases(c.unet, keys))
     assert lora.metadata.kind == "sdxl" and {m.rank for m in lora.state.values()} == {2}

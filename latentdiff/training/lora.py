@@ -235,7 +235,7 @@ class LoraTrainer:
 
         state, meta = self.lora_state(), self.metadata(steps)
         names = {"peft": PEFT_FILE_NAME, "kohya": f"{self.cfg.output_name}.safetensors"}
-        return [save_lora(state, folder / names[f], format=f, metadata=meta) for f in formats]
+        return [save_lora(state, folder / names[f], format=f, metadata=meta, unet=self.unet) for f in formats]
 
     def arch(self) -> dict:
         """The settings a checkpoint must share with the config to be resumed."""
