@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from latentdiff.training.lora import LoraTrainer, train_lora
+from latentdiff.training.lora import LoraTrainer
 from test_lora_train import config, make_images
 
 
