@@ -20,6 +20,8 @@
 #   E  4:15-4:45  fused QKV alone (ours-fp16-qkv)                                                            30 s
 #   F  4:45-5:30  ControlNet cost per step, SD1.5 512² (slot: "not yet built" until models/controlnet lands)   45 s
 #   G  5:30-6:30  SDXL base U-Net 1024² (slot: "not yet built" until the sdxl_base preset + text_time land)     60 s
+#   G2 +45 s      SDXL LoRA training 1024² batch 1, rank 32, gradient checkpointing: peak MB, s/step (issue 15's
+#                 24 GB figure; the U-Net alone, as train-lora holds it with cached latents and text)          45 s
 #   H  6:30-8:30  torch.compile alone (ours-fp16-compile, default mode; compile time in its warm-up)         120 s
 #   I  8:30-10:30 CUDA graphs alone (ours-fp16-cudagraph, reduce-overhead)                                   120 s
 #   machine start 2-3 min + driver ≤ 10:30 + two transfers ≈ 14 min. Call 1 returns at driver ~8:40 with B-H packed.
@@ -86,6 +88,7 @@ row() {  # F, G: feature slots; each prints "not yet built: ..." when the featur
 }
 stage "F ControlNet per step"; row controlnet 45
 stage "G SDXL 1024²"; row sdxl 60
+stage "G2 SDXL LoRA training memory"; row sdxl_lora 45
 stage "H torch.compile alone"; lever compile 120
 stage "I CUDA graphs alone"; lever cudagraph 120
 stage "done"

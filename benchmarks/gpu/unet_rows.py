@@ -1,10 +1,11 @@
-"""Lease rows for features other helpers build: SDXL 1024² and ControlNet cost per step, U-Net level, ours vs diffusers.
+"""Lease rows for features other helpers build: SDXL 1024² and ControlNet cost per step, U-Net level, ours vs diffusers;
+SDXL LoRA training memory (ours alone).
 
 Each row checks that the feature exists in this checkout and otherwise writes {"skipped": "not yet built: ..."} (and
 prints the line), so the lease plan can carry the slot before the feature lands. Random weights, loaded into ours and
 into diffusers' class by the same names; CFG batch 2; CUDA events, or perf_counter on the CPU (`--dry`: tiny sizes).
 
-    python benchmarks/gpu/unet_rows.py sdxl|controlnet --device cuda --out X.json [--dry]
+    python benchmarks/gpu/unet_rows.py sdxl|sdxl_lora|controlnet --device cuda --out X.json [--dry]
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def load_same(ref: torch.nn.Module, ours: torch.nn.Module) -> str:
     return "same weights" if not (missing or unexpected) else f"names differ ({len(missing)} missing, {len(unexpected)} unexpected)"
 
 
-def sdxl_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
-    """SDXL base U-Net CFG step at 1024² (latent 128), ours vs diffusers' UNet2DConditionModel."""
-    from latentdiff.models.unet import UNet, UNetConfig
+def sdxl_config(dry: bool) -> tuple[dict, int, int, int] | dict:
+    """(diffusers U-Net config, latent size, context width, pooled width) of SDXL base, toy widths when dry; or a skip."""
+    from latentdiff.models.unet import UNet
 
     try:
         from latentdiff.checkpoints.configs import read_preset
@@ -62,6 +63,17 @@ def sdxl_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
                    cross_attention_dim=64, attention_head_dim=[2, 4, 4], norm_num_groups=8, addition_time_embed_dim=t_dim,
                    projection_class_embeddings_input_dim=6 * t_dim + pooled, sample_size=16, layers_per_block=1)
         latent, ctx = 8, 64
+    return cfg, latent, ctx, pooled
+
+
+def sdxl_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
+    """SDXL base U-Net CFG step at 1024² (latent 128), ours vs diffusers' UNet2DConditionModel."""
+    from latentdiff.models.unet import UNet, UNetConfig
+
+    got = sdxl_config(dry)
+    if isinstance(got, dict):
+        return got
+    cfg, latent, ctx, pooled = got
     from diffusers import UNet2DConditionModel
 
     ours = UNet(UNetConfig.from_diffusers(cfg)).eval()
@@ -77,6 +89,48 @@ def sdxl_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
     steps = {"ours": lambda: ours(x, t, context, added_cond_kwargs=added),
              "diffusers": lambda: ref(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample}
     return run_pair(steps, device, note, f"SDXL base U-Net CFG step, latent {latent}² ({latent * 8}² image)")
+
+
+def sdxl_lora_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
+    """SDXL LoRA training memory at 1024² batch 1 (what train-lora holds on the GPU once latents and text are cached):
+    frozen U-Net in fp16, rank-32 LoRA on attention + proj in fp32, gradient checkpointing, AdamW; peak MB and s/step."""
+    from latentdiff.lora.attach import add_trainable, component_modules, find_targets
+    from latentdiff.models.unet import UNet, UNetConfig
+
+    got = sdxl_config(dry)
+    if isinstance(got, dict):
+        return got
+    cfg, latent, ctx, pooled = got
+    with torch.device(device):  # built where it runs: 2.6B parameters initialise in seconds on the GPU
+        unet = UNet(UNetConfig.from_diffusers(cfg))
+    unet = unet.to(dtype).requires_grad_(False)
+    keys = find_targets(component_modules(unet), "unet", ["attention", "proj"])
+    params = add_trainable(unet, None, keys, rank=32, alpha=32.0, adapter="bench")
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(1, 4, latent, latent, generator=g).to(device, dtype)            # (1, 4, h, w)
+    context = torch.randn(1, 77, ctx, generator=g).to(device, dtype)                  # (1, 77, 2048)
+    added = {"text_embeds": torch.randn(1, pooled, generator=g).to(device, dtype),    # (1, 1280)
+             "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]]).to(device, dtype)}  # (1, 6)
+    t = torch.tensor([500], device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = unet(x, t, context, added_cond_kwargs=added).float().square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # AdamW's state exists from here on, as in a run
+    mb = peak(device, step)
+    r = timed(step, device, 1, 2 if dry else 5)
+    return {"what": f"SDXL LoRA training step, latent {latent}² ({latent * 8}² image), batch 1, rank 32, gradient checkpointing",
+            "lora_params": sum(p.numel() for p in params), "gpu_peak_mb": mb, "s_per_step": r["median_s"], "timing": r}
 
 
 def controlnet_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
@@ -142,14 +196,14 @@ def run_pair(steps: dict, device: torch.device, note: str, what: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("row", choices=["sdxl", "controlnet"])
+    ap.add_argument("row", choices=["sdxl", "sdxl_lora", "controlnet"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dry", action="store_true", help="tiny widths on the CPU in fp32: checks the script, measures nothing")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     device = torch.device(a.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    row = {"sdxl": sdxl_row, "controlnet": controlnet_row}[a.row]
+    row = {"sdxl": sdxl_row, "sdxl_lora": sdxl_lora_row, "controlnet": controlnet_row}[a.row]
     try:
         result = row(device, dtype, a.dry)
     except Exception as e:  # a failure is a result too: say it and keep the plan going
@@ -158,7 +212,8 @@ def main() -> int:
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(result.get("skipped") or result.get("error") or f"{a.row}: ours ÷ diffusers {result['ratio_ours_vs_diffusers']}")
+    print(result.get("skipped") or result.get("error") or (f"{a.row}: peak {result['gpu_peak_mb']} MB, {result['s_per_step']:.3f} s/step"
+          if a.row == "sdxl_lora" else f"{a.row}: ours ÷ diffusers {result['ratio_ours_vs_diffusers']}"))
     return 0
 
 

@@ -154,18 +154,19 @@ def attach_state(unet: nn.Module, text_encoder: nn.Module | None, state: LoraSta
 
 
 def add_trainable(unet: nn.Module, text_encoder: nn.Module | None, keys: Iterable[str], *, rank: int, alpha: float,
-                  adapter: str, dropout: float = 0.0, init: bool | str = True) -> list[nn.Parameter]:
+                  adapter: str, dropout: float = 0.0, init: bool | str = True,
+                  text_encoder_2: nn.Module | None = None) -> list[nn.Parameter]:
     """Fresh LoRA layers (up = 0: the model is unchanged at step 0) on the given canonical keys; returns their parameters."""
-    modules = component_modules(unet, text_encoder)
+    modules = component_modules(unet, text_encoder, text_encoder_2)
     params = []
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
+    for component, model in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         specs = {}
         for key in keys:
             if split_key(key)[0] != component:
                 continue
             base = _base(modules[key])
             shape = (rank, base.in_features) if isinstance(base, nn.Linear) else (rank, base.in_channels, *base.kernel_size)
-            specs[model_path(key, text_encoder)[1]] = LoraModule(torch.empty(shape, device="meta"),
+            specs[model_path(key, text_encoder, text_encoder_2)[1]] = LoraModule(torch.empty(shape, device="meta"),
                                                                  torch.empty(1, rank, device="meta"), float(alpha))
         if not specs:
             continue
@@ -176,10 +177,11 @@ def add_trainable(unet: nn.Module, text_encoder: nn.Module | None, keys: Iterabl
     return params
 
 
-def extract_state(unet: nn.Module | None, text_encoder: nn.Module | None, adapter: str) -> LoraState:
+def extract_state(unet: nn.Module | None, text_encoder: nn.Module | None, adapter: str,
+                  text_encoder_2: nn.Module | None = None) -> LoraState:
     """The adapter's current weights as a LoraState (detached CPU fp32 copies), with each layer's alpha."""
     state: LoraState = {}
-    for key, module in component_modules(unet, text_encoder).items():
+    for key, module in component_modules(unet, text_encoder, text_encoder_2).items():
         if isinstance(module, _tuner_layer_cls()) and adapter in getattr(module, "lora_A", {}):
             down = module.lora_A[adapter].weight.detach().float().cpu().clone()
             up = module.lora_B[adapter].weight.detach().float().cpu().clone()

@@ -192,8 +192,9 @@ def describe_lora(path: str | os.PathLike) -> list[str]:
 
 
 def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft", metadata: LoraMetadata | None = None,
-              dtype: torch.dtype | None = None) -> Path:
-    """Write atomically as peft/diffusers (`unet.…lora_A.weight` + rank/alpha config) or kohya (`lora_unet_…` + true alpha)."""
+              dtype: torch.dtype | None = None, unet: torch.nn.Module | None = None) -> Path:
+    """Write atomically as peft/diffusers (`unet.…lora_A.weight` + rank/alpha config) or kohya (`lora_unet_…` + true alpha);
+    kohya for an SDXL `unet` in sd-scripts' layout (SGM U-Net names, lora_te1_/lora_te2_)."""
     if format not in FORMATS:
         raise LatentDiffError(f"unknown LoRA format {format!r}; choose one of {', '.join(FORMATS)}")
     if not state:
@@ -205,7 +206,9 @@ def save_lora(state: LoraState, path: str | os.PathLike, *, format: str = "peft"
         tensors, extra = to_peft(state)
         header.update(extra)
     else:
-        tensors = to_kohya(state)
+        from .sdxl import sgm_names, to_kohya_sdxl
+
+        tensors = to_kohya_sdxl(state, unet) if unet is not None and sgm_names(unet) else to_kohya(state)
     return save_safetensors(tensors, path, metadata=header)  # atomic, with the usual file mode (fileio.publish)
 
 

@@ -65,8 +65,11 @@ class LoraTrainer:
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
         self.out = Path(cfg.output_dir)
         self._load_model(components)
+        c = self.pipe.components
         self.data = LoraData(cfg, self.acc, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                             weight_dtype=self.weight_dtype, native=self.native, out=self.out, progress=progress)
+                             weight_dtype=self.weight_dtype, native=self.native, out=self.out, progress=progress,
+                             text_encoder_2=c.text_encoder_2, tokenizer_2=c.tokenizer_2,
+                             aesthetic=bool(c.extra.get("requires_aesthetics_score", False)))
         self._add_adapter()
         self.images: list[Path] = []
 
@@ -89,9 +92,11 @@ class LoraTrainer:
                 components.scheduler_config["prediction_type"] = cfg.prediction_type
             self.pipe = LatentDiffusionPipeline(components, device=self.acc.device, dtype=self.weight_dtype, model_name="memory")
         c = self.pipe.components
-        for m in (c.unet, c.vae, c.text_encoder):
-            m.requires_grad_(False).eval()
+        for m in (c.unet, c.vae, c.text_encoder, c.text_encoder_2):
+            if m is not None:
+                m.requires_grad_(False).eval()
         self.unet, self.vae, self.text_encoder, self.tokenizer = c.unet, c.vae, c.text_encoder, c.tokenizer
+        self.text_encoder_2 = c.text_encoder_2  # SDXL's bigG (None for SD1/SD2)
         self.objective = DiffusionLoss(c.scheduler_config, LossConfig(prediction_type=c.prediction_type,
                                                                  min_snr_gamma=cfg.min_snr_gamma, noise_offset=cfg.noise_offset))
         self.base_hash = weights_hash(self.model_path) if self.model_path else ""
@@ -101,21 +106,25 @@ class LoraTrainer:
         from ..lora.attach import add_trainable, component_modules, find_targets
 
         cfg = self.cfg
-        modules = component_modules(self.unet, self.text_encoder)
+        modules = component_modules(self.unet, self.text_encoder, self.text_encoder_2)
         self.unet_keys = find_targets(modules, "unet", cfg.targets)
-        self.text_keys = find_targets(modules, "text_encoder", cfg.text_targets) if cfg.train_text_encoder else []
+        # the trained text encoders: CLIP (SD1/SD2), both of SDXL base's, bigG alone for the refiner
+        self.text_models = [m for m in (self.text_encoder, self.text_encoder_2) if m is not None] if cfg.train_text_encoder else []
+        self.text_keys = [k for comp, m in (("text_encoder", self.text_encoder), ("text_encoder_2", self.text_encoder_2))
+                          if m is not None and cfg.train_text_encoder for k in find_targets(modules, comp, cfg.text_targets)]
         init = True if cfg.init == "kaiming" else "gaussian"
         torch.manual_seed(cfg.seed)  # the adapter's initial lora_A
         kw = dict(rank=cfg.rank, alpha=cfg.alpha, adapter=ADAPTER, dropout=cfg.dropout, init=init)
         self.unet_params = add_trainable(self.unet, None, self.unet_keys, **kw)
-        self.text_params = add_trainable(self.unet, self.text_encoder, self.text_keys, **kw) if self.text_keys else []
+        self.text_params = add_trainable(self.unet, self.text_encoder, self.text_keys, text_encoder_2=self.text_encoder_2,
+                                         **kw) if self.text_keys else []
         for p in self.unet_params + self.text_params:
             p.data = p.data.float()  # trainable weights in fp32 even when the frozen base is in half precision
             p.requires_grad_(True)
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
-            if self.text_params:
-                self.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for m in self.text_models:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         groups = [{"params": self.unet_params, "lr": cfg.lr}]
         if self.text_params:
@@ -130,12 +139,10 @@ class LoraTrainer:
             optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         self.base_lrs = [g["lr"] for g in groups]  # the LR is lr_factor(step) × these, written before each step
         self.lr = cfg.lr
-        if self.text_params:
-            self.unet_ddp, self.text_ddp, self.optimizer = self.acc.prepare(self.unet, self.text_encoder, optimizer)
-        else:
-            self.unet_ddp, self.optimizer = self.acc.prepare(self.unet, optimizer)
-            self.text_ddp = self.text_encoder
-        self.ddp_modules = [self.unet_ddp] + ([self.text_ddp] if self.text_params else [])  # the loop's no_sync set
+        prepared = self.acc.prepare(self.unet, *self.text_models, optimizer)
+        self.unet_ddp, self.text_ddps, self.optimizer = prepared[0], list(prepared[1:-1]), prepared[-1]
+        self.text_ddp = self.text_ddps[0] if self.text_ddps else self.text_encoder
+        self.ddp_modules = [self.unet_ddp] + self.text_ddps  # the loop's no_sync set
 
     # -- pieces of a step --------------------------------------------------------------------------------------------
     # -- the loop's Stage ---------------------------------------------------------------------------------------------
@@ -160,17 +167,28 @@ class LoraTrainer:
         captions = ["" if rng.random() < cfg.caption_dropout else it.caption for it in items]
         flips = [cfg.random_flip and rng.random() < 0.5 for _ in items]
         x0 = self.data.latents_of(items, flips, g, micro // self.data.batches_per_epoch)
-        context = self.data.context(captions, self.text_ddp if self.text_params else None)
+        context, model = self._conditioned(self.unet_ddp, items, captions, self.text_ddps or None)
         reg = torch.tensor([it.regularisation for it in items], device=x0.device)
         with self.acc.autocast():
             if not reg.any() or reg.all():
                 weight = cfg.prior_loss_weight if reg.all() else 1.0
-                return weight * self.objective(self.unet_ddp, x0, context, g)
+                return weight * self.objective(model, x0, context, g)
             # prior preservation: instance and class images weighted separately, averaged per image
             inst, prior = ~reg, reg
-            loss_i = self.objective(self.unet_ddp, x0[inst], context[inst], g)
-            loss_p = self.objective(self.unet_ddp, x0[prior], context[prior], g)
+            loss_i = self.objective(_rows(model, inst), x0[inst], context[inst], g)
+            loss_p = self.objective(_rows(model, prior), x0[prior], context[prior], g)
             return (inst.sum() * loss_i + cfg.prior_loss_weight * prior.sum() * loss_p) / len(items)
+
+    def _conditioned(self, unet, items, captions: list[str], trained_encoders: list | None = None):
+        """(context, model) of a micro-batch: SD1/SD2 the U-Net itself; SDXL the U-Net with its added conditioning
+        (pooled text (B, P) and time ids (B, 6)) bound, as pipelines.sdxl.condition binds it for sampling.
+        `trained_encoders`: the text encoders being trained, run now with gradients."""
+        if not self.data.sdxl:
+            return self.data.context(captions, trained_encoders[0] if trained_encoders else None), unet
+        from ..pipelines.sdxl import AddedCondUNet
+
+        context, pooled = self.data.sdxl_context(captions, trained_encoders)  # (B, 77, D1+D2), (B, P)
+        return context, AddedCondUNet(unet, pooled, self.data.time_ids(items))
 
     @torch.no_grad()
     def eval_loss(self) -> float | None:
@@ -185,20 +203,22 @@ class LoraTrainer:
             it = self.data.items[i]
             x0 = self.data.latents_of([it], [False], g, 0)
             with self.acc.autocast():
-                total += float(self.objective(self.unet, x0, self.data.context([it.caption]), g))
+                context, model = self._conditioned(self.unet, [it], [it.caption])
+                total += float(self.objective(model, x0, context, g))
         self._set_train(True)
         return total / n
 
     def _set_train(self, on: bool) -> None:
         self.unet.train(on)  # gradient checkpointing and LoRA dropout act in train mode only
-        if self.text_params:
-            self.text_encoder.train(on)
+        for m in self.text_models:
+            m.train(on)
 
     # -- files ---------------------------------------------------------------------------------------------------------
     def lora_state(self):
         from ..lora.attach import extract_state
 
-        return extract_state(self.unet, self.text_encoder if self.text_params else None, ADAPTER)
+        trained = bool(self.text_params)
+        return extract_state(self.unet, self.text_encoder if trained else None, ADAPTER, self.text_encoder_2 if trained else None)
 
     def metadata(self, steps: int):
         from ..lora.io import LoraMetadata
@@ -215,7 +235,7 @@ class LoraTrainer:
 
         state, meta = self.lora_state(), self.metadata(steps)
         names = {"peft": PEFT_FILE_NAME, "kohya": f"{self.cfg.output_name}.safetensors"}
-        return [save_lora(state, folder / names[f], format=f, metadata=meta) for f in formats]
+        return [save_lora(state, folder / names[f], format=f, metadata=meta, unet=self.unet) for f in formats]
 
     def arch(self) -> dict:
         """The settings a checkpoint must share with the config to be resumed."""
@@ -240,7 +260,7 @@ class LoraTrainer:
 
         state = load_training_state(folder / STATE)
         check_same_architecture(state["arch"], self.arch(), "LoRA")
-        modules = component_modules(self.unet, self.text_encoder)
+        modules = component_modules(self.unet, self.text_encoder, self.text_encoder_2)
         lora = read_lora(folder)
         for key, m in lora.state.items():
             if key not in modules or ADAPTER not in getattr(modules[key], "lora_A", {}):
@@ -302,6 +322,15 @@ class LoraTrainer:
         files = self.save_files(self.out, cfg.max_steps, cfg.save_formats) if acc.is_main_process else []
         eval_end = self.eval_loss()
         return LoraTrainResult(files, cfg.max_steps - start, eval_start, eval_end, time.perf_counter() - t0, self.images)
+
+
+def _rows(model, mask: torch.Tensor):
+    """The model for a subset of the batch: SDXL's bound added conditioning cut to the same rows."""
+    from ..pipelines.sdxl import AddedCondUNet
+
+    if isinstance(model, AddedCondUNet):
+        return AddedCondUNet(model.unet, model.text_embeds[mask], model.time_ids[mask])
+    return model
 
 
 def train_lora(cfg: LoraTrainConfig, *, resume: str | None = None, progress: bool = True) -> LoraTrainResult:

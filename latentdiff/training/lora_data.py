@@ -47,9 +47,12 @@ class LoraData:
     """The training items of a LoRA run, their batches, and the cached frozen-encoder outputs."""
 
     def __init__(self, cfg, acc, *, vae, text_encoder, tokenizer, weight_dtype: torch.dtype, native: int, out: Path,
-                 progress: bool = True):
+                 progress: bool = True, text_encoder_2=None, tokenizer_2=None, aesthetic: bool = False):
+        """SDXL: `text_encoder_2`/`tokenizer_2` (bigG) given; `aesthetic` for the refiner's 5-number time ids."""
         self.cfg, self.acc, self.progress = cfg, acc, progress
         self.vae, self.text_encoder, self.tokenizer, self.weight_dtype, self.native = vae, text_encoder, tokenizer, weight_dtype, native
+        self.text_encoder_2, self.tokenizer_2, self.aesthetic = text_encoder_2, tokenizer_2, aesthetic
+        self.sdxl = text_encoder_2 is not None
         self.out = out
         self._load_data()
 
@@ -114,20 +117,70 @@ class LoraData:
         if self.latents is not None:
             self.vae.to("cpu")
         if self.text is not None:
-            self.text_encoder.to("cpu")
+            for enc in self.encoders:
+                enc.to("cpu")
         torch.cuda.empty_cache()
 
     def unpark_encoders(self) -> None:
         self.vae.to(self.acc.device)
-        self.text_encoder.to(self.acc.device)
+        for enc in self.encoders:
+            enc.to(self.acc.device)
+
+    @property
+    def encoders(self) -> list:
+        """The frozen text encoders: CLIP (SD1/SD2), CLIP-L and bigG (SDXL base), bigG alone (SDXL refiner)."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     def _cache_text(self) -> None:
-        """CLIP embeddings (77, D) of every caption and of the empty caption, computed once."""
-        fp = module_fingerprint(self.text_encoder, {"dtype": str(self.text_encoder.dtype)})
+        """CLIP embeddings (77, D) of every caption and of the empty caption, computed once; SDXL: context and pooled."""
+        fp = "|".join(module_fingerprint(e, {"dtype": str(e.dtype)}) for e in self.encoders)
         self.text = TensorCache(self.cache_dir / "text.safetensors", fp)
         captions = ["", *dict.fromkeys(it.caption for it in self.items)]
-        self.text.fill(captions, lambda batch: list(self.encode_text(batch)), batch_size=32, desc="cache captions",
-                       progress=self.progress)
+        if not self.sdxl:
+            self.text.fill(captions, lambda batch: list(self.encode_text(batch)), batch_size=32, desc="cache captions",
+                           progress=self.progress)
+            return
+
+        def compute(batch: list[str]) -> list[torch.Tensor]:  # keys "context|caption" and "pooled|caption"
+            texts = list(dict.fromkeys(k.split("|", 1)[1] for k in batch))
+            context, pooled = self.encode_sdxl_text(texts)  # (n, 77, D1+D2), (n, P)
+            got = {t: {"context": c, "pooled": p} for t, c, p in zip(texts, context, pooled)}
+            return [got[k.split("|", 1)[1]][k.split("|", 1)[0]] for k in batch]
+
+        keys = [f"{part}|{c}" for c in captions for part in ("context", "pooled")]
+        self.text.fill(keys, compute, batch_size=64, desc="cache captions", progress=self.progress)
+
+    def encode_sdxl_text(self, captions: list[str], trained_encoders: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions → SDXL's (context (B, 77, D1+D2), pooled (B, P)): both encoders' penultimate states concatenated and
+        bigG's pooled projection (models.sdxl_text.encode_sdxl); over 75 tokens cut, as for SD1/SD2. With
+        `trained_encoders` (the same encoders, being trained) gradients flow through them."""
+        from ..models.sdxl_text import encode_sdxl_trainable
+
+        tokenizers = [t for t, e in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)) if e is not None]
+        with torch.set_grad_enabled(trained_encoders is not None and torch.is_grad_enabled()):
+            context, pooled = encode_sdxl_trainable(tokenizers, trained_encoders or self.encoders, captions)  # (B, 77·k, D), (B, P)
+        return context[:, :77], pooled  # the first 75-token chunk: the cut caption (pooled is the first chunk's already)
+
+    def sdxl_context(self, captions: list[str], trained_encoders: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, 77, D1+D2), pooled (B, P)) in the weight dtype: cached, or encoded now (with gradients through
+        `trained_encoders` when given)."""
+        if self.text is not None:
+            context = torch.stack([self.text[f"context|{c}"] for c in captions])
+            pooled = torch.stack([self.text[f"pooled|{c}"] for c in captions])
+        else:
+            context, pooled = self.encode_sdxl_text(captions, trained_encoders)
+        return context.to(self.acc.device, self.weight_dtype), pooled.to(self.acc.device, self.weight_dtype)
+
+    def time_ids(self, items: list[Item]) -> torch.Tensor:
+        """SDXL micro-conditioning per image (B, 6) as the pipeline computes it: original = target = the training size
+        (its bucket), crop (0, 0); the refiner's 5 numbers end with the aesthetic score."""
+        from ..models.sdxl_text import MicroConditioning
+
+        rows = []
+        for it in items:
+            w, h = it.size  # (width, height) → SDXL's (height, width)
+            rows.append(MicroConditioning(original_size=(h, w), target_size=(h, w)).time_ids(h, w, self.aesthetic)[1])
+        return torch.tensor(rows, device=self.acc.device, dtype=self.weight_dtype)  # (B, 6 or 5)
 
     def encode_text(self, captions: list[str], encoder=None) -> torch.Tensor:
         """Captions → (B, 77, D) CLIP embeddings; captions over 75 tokens are cut, as in diffusers' training scripts."""
