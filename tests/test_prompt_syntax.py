@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import ids, weighted_chunk
 from conftest import with_text_bias
 from latentdiff.errors import LatentDiffError
 from latentdiff.models.prompt_syntax import chunk_prompt, parse_attention
@@ -65,9 +66,6 @@ def test_bad_weight_is_one_line():
         parse_attention("(a:1.2.3)")
 
 
-def ids(tok, text):
-    return tok(text, add_special_tokens=False).input_ids
-
 
 def test_chunks_cut_after_a_near_comma(tiny_sd1):
     tok = tiny_sd1.tokenizer
@@ -91,13 +89,7 @@ def test_break_and_weights_in_chunks(tiny_sd1):
 
 def by_hand(tok, text, parts):
     """A1111's formula for one chunk of (text, weight) runs: z · w, then z · mean(z_before) / mean(z · w)."""
-    tokens, weights = [], []
-    for t, w in parts:
-        tokens += ids(tok, t)
-        weights += [w] * len(ids(tok, t))
-    pad = 77 - 2 - len(tokens)
-    ids77 = torch.tensor([[tok.bos_token_id, *tokens, tok.eos_token_id] + [tok.pad_token_id] * pad])
-    w77 = torch.tensor([1.0, *weights, 1.0] + [1.0] * pad)
+    ids77, w77 = weighted_chunk(tok, parts)
     with torch.no_grad():
         z = text(ids77)[0]  # (1, 77, D)
     zw = z * w77[None, :, None]

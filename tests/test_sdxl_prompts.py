@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import ids, weighted_chunk
 from latentdiff.models.sdxl_text import encode_sdxl
 
 
@@ -32,19 +33,10 @@ def enc(c, prompts, **kw):
     return encode_sdxl([c.tokenizer, c.tokenizer_2], [c.text_encoder, c.text_encoder_2], prompts, **kw)
 
 
-def ids(tok, text):
-    return tok(text, add_special_tokens=False).input_ids
-
 
 def by_hand(tok, text, parts):
     """A1111's emphasis, written out for one chunk of one encoder: penultimate states × weights, mean restored."""
-    tokens, weights = [], []
-    for t, w in parts:
-        tokens += ids(tok, t)
-        weights += [w] * len(ids(tok, t))
-    pad = 77 - 2 - len(tokens)
-    ids77 = torch.tensor([[tok.bos_token_id, *tokens, tok.eos_token_id] + [tok.pad_token_id] * pad])
-    w77 = torch.tensor([1.0, *weights, 1.0] + [1.0] * pad)
+    ids77, w77 = weighted_chunk(tok, parts)
     with torch.no_grad():
         out = text(ids77, output_hidden_states=True)
     z = out.hidden_states[-2]  # (1, 77, D)
