@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..defaults import GENERATION_CONFIG
 from ..errors import LatentDiffError
 from ..fileio import atomic_folder
 from ..models.unet import UNet, UNetConfig
@@ -48,9 +49,6 @@ class Components:
         return self.scheduler_config.get("prediction_type", "epsilon")
 
 
-# What `generate` uses where neither the caller nor the model says otherwise (diffusers' and A1111's usual choices).
-SAMPLING_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 7.5, "sampler": "dpmpp_2m"}
-GENERATION_CONFIG = "generation_config.json"  # in a model folder: its measured best settings, a subset of SAMPLING_DEFAULTS' keys
 
 
 def read_generation_config(path: Path) -> dict:

@@ -92,7 +92,7 @@ def cmd_generate(args) -> int:
 
 def cmd_info(args) -> int:
     from ..checkpoints import load_components
-    from ..checkpoints.loader import GENERATION_CONFIG, SAMPLING_DEFAULTS
+    from ..defaults import GENERATION_CONFIG, SAMPLING_DEFAULTS
     from ..lora.io import describe_lora, is_lora_file
 
     if args.path and is_lora_file(args.path):

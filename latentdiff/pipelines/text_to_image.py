@@ -241,7 +241,7 @@ class LatentDiffusionPipeline:
     def sampling_settings(self, num_inference_steps: int | None, guidance_scale: float | None,
                           sampler: str | None) -> tuple[int, float, str]:
         """Fill what the caller left None: the model's generation_config.json, else SAMPLING_DEFAULTS (25, 7.5, dpmpp_2m)."""
-        from ..checkpoints.loader import SAMPLING_DEFAULTS
+        from ..defaults import SAMPLING_DEFAULTS
 
         d = {**SAMPLING_DEFAULTS, **self.components.generation}
         return (d["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
