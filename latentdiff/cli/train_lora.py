@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .common import removed_on_failure
+from .common import add_flag, removed_on_failure
 
 
 def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +27,11 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
         flags = ["--" + name.replace("_", "-") for name in (f.name, aliases.get(f.name)) if name]
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            p.add_argument(*flags, dest=f"set_{f.name}", action=argparse.BooleanOptionalAction, default=None)
+            add_flag(p, *flags, dest=f"set_{f.name}", action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, list):
-            p.add_argument(*flags, dest=f"set_{f.name}", nargs="+", default=None, metavar="VALUE")
+            add_flag(p, *flags, dest=f"set_{f.name}", nargs="+", default=None, metavar="VALUE")
         else:
-            p.add_argument(*flags, dest=f"set_{f.name}", type=type(default), default=None, metavar=type(default).__name__.upper())
+            add_flag(p, *flags, dest=f"set_{f.name}", type=type(default), default=None, metavar=type(default).__name__.upper())
     p.set_defaults(func=run_train_lora)
 
 
