@@ -30,7 +30,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_data(args: argparse.Namespace) -> int:
     """Run a `data` subcommand and print its report; LatentDiffError propagates to the caller."""
-    from latentdiff.training.emoji import build_emoji_dataset, parse_sets
+    from latentdiff.data.emoji import build_emoji_dataset, parse_sets
 
     if args.data_command == "emoji":
         report = build_emoji_dataset(args.out_dir, cache_dir=args.cache, tarballs=args.tarballs,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
+from ..data.dataset import scan_folder
 from ..errors import LatentDiffError
 from ..imaging import flatten_alpha
-from .data import scan_folder
 
 STYLE_SUFFIX = ", sketch style"
 

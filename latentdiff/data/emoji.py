@@ -326,7 +326,7 @@ def build_emoji_dataset(
                           f"{s.source}.\n" for s, tgz in images)
         (tmp / "SOURCES.txt").write_text(
             sources + f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
-            f"Built by latentdiff.training.emoji: {size}x{size} PNG on background {background}; "
+            f"Built by latentdiff.data.emoji: {size}x{size} PNG on background {background}; "
             f"hold-out = sha256(base codepoints) % {HOLDOUT_MODULUS} == 0.\n", encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps({"builder": "latentdiff data emoji", "sets": list(sets), "size": size})
                                   + "\n", encoding="utf-8")
