@@ -130,12 +130,12 @@ class BenchSettings:
 
 # -- the model ---------------------------------------------------------------------------------------------------------
 def build_components(layout: str, seed: int):
-    """Random weights in the SD1.5 layout (latentdiff/configs/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
+    """Random weights in the SD1.5 layout (latentdiff/checkpoints/presets/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from latentdiff.checkpoints import Components
-    from latentdiff.checkpoints.configs import read_preset
+    from latentdiff.checkpoints.presets import read_preset
     from latentdiff.checkpoints.loader import load_tokenizer
     from latentdiff.models.unet import UNet, UNetConfig
 
