@@ -80,7 +80,7 @@ def test_meta_counting_sees_the_attention_the_cpu_kernel_hides():
 
 
 def test_sd15_reference_cost_from_its_diffusers_config():
-    name, cfg, _ = load_arch_config(REPO / "latentdiff" / "configs" / "sd15.yaml")
+    name, cfg, _ = load_arch_config(REPO / "latentdiff" / "checkpoints" / "presets" / "sd15.yaml")
     flops, params = count_flops(cfg, batch=1, size=64, tokens=77)
     assert name == "sd15" and params == 859_520_964
     assert round(flops / 1e12, 3) == 0.803  # DESIGN.md's reference: 0.803 TFLOP per sample at 64×64
