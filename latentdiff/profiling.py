@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import LatentDiffError
+from .fileio import atomic_write, read_yaml
 from .runtime import check_fits
 from .models.dit import DiT, DiTConfig
 from .models.unet import UNet, UNetConfig
@@ -63,15 +64,8 @@ class ProfileRow:
 
 def load_arch_config(path: str | os.PathLike) -> tuple[str, ArchConfig, str]:
     """Read a YAML architecture: `unet:` (our keys, or a diffusers config with `_class_name`) or `dit:`; → (name, config, description)."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise LatentDiffError(f"no such config file: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise LatentDiffError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = read_yaml(path, mapping=False)
     if not isinstance(doc, dict) or ("unet" in doc) == ("dit" in doc):
         raise LatentDiffError(f"{path} must have exactly one of the sections 'unet:' or 'dit:'")
     name, description = str(doc.get("name", path.stem)), str(doc.get("description", "")).strip()
@@ -315,8 +309,6 @@ def to_markdown(rows: list[ProfileRow]) -> str:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write a text file via a temp file and os.replace: never half-written."""
-    from .fileio import atomic_write
-
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
