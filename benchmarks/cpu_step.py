@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from latentdiff import fast
-from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info
+from latentdiff.bench.harness import Runner, ensure_model, machine_info
+from latentdiff.bench.variants import BenchSettings, Variant
 from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent
