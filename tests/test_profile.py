@@ -174,7 +174,7 @@ def test_profile_command_errors_are_one_line(tmp_path, capsys):
 
 
 def test_line_chart_with_log_axis(tmp_path):
-    from latentdiff.profiling import draw_chart
+    from latentdiff.charts import draw_chart
 
     series = [{"label": "a", "x": [10, 20, 30], "y": [0.8, 0.2, 0.11]}, {"label": "b", "x": [10, 20, 30], "y": [0.5, 0.3, 0.1]}]
     path = draw_chart(series, tmp_path / "c.png", title="loss", xlabel="step", ylabel="loss", log_y=True, size=(400, 300))
