@@ -23,15 +23,15 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentdiff import fast
-from dataclasses import replace
-
-from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info, measure_memory
+from latentdiff.bench.harness import Runner, ensure_model, machine_info, measure_memory
+from latentdiff.bench.variants import BenchSettings, Variant
 from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent

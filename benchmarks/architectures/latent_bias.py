@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
-from latentdiff.training.data import ImageCaptionDataset
+from latentdiff.data.dataset import ImageCaptionDataset
 
 
 def main() -> None:
