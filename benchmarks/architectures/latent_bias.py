@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+from latentdiff.pipelines import LatentDiffusionPipeline
 from latentdiff.training.data import ImageCaptionDataset
 
 
