@@ -122,9 +122,9 @@ def save_outputs(out, paths: list[Path | None]) -> int:
 def check_request(p, num: int) -> None:
     """Fail on bad sampling settings before any model is loaded (`p`: steps, sampler, guidance, width, height and,
     where given, seed, guidance_rescale, clip_skip)."""
+    from ..pipelines.base import check_size
     from ..pipelines.request import check_guidance, check_seed, generation_bytes
     from ..pipelines.samplers import check_sampler
-    from ..pipelines.base import check_size
     from ..runtime import check_fits
 
     if num <= 0:

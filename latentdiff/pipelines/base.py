@@ -7,7 +7,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ def check_size(width: int, height: int, multiple: int = 8) -> None:
     for name, v in (("width", width), ("height", height)):
         if not isinstance(v, int) or v <= 0 or v % multiple:
             raise LatentDiffError(f"{name} must be a positive multiple of {multiple}, got {v}")
+
+
+P = TypeVar("P", bound="PipelineBase")  # from_pretrained and to() return the caller's class (LatentDiffusionPipeline)
 
 
 @dataclass
@@ -93,9 +96,9 @@ class PipelineBase:
 
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
+    def from_pretrained(cls: type[P], path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
                         allow_pickle: bool = False, prediction_type: str | None = None, fast: bool = False,
-                        compile: bool = False, vae: str | os.PathLike | None = None) -> "PipelineBase":
+                        compile: bool = False, vae: str | os.PathLike | None = None) -> P:
         """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path.
 
         vae: a separate VAE (diffusers vae folder or .safetensors in diffusers or LDM names) replacing the model's.
@@ -116,7 +119,7 @@ class PipelineBase:
         """Write one A1111/CompVis-layout `.safetensors` checkpoint."""
         return save_single_file(self.components, path, dtype)
 
-    def to(self, device=None, dtype=None) -> "PipelineBase":
+    def to(self: P, device=None, dtype=None) -> P:
         self.device = parse_device(device) if device is not None else self.device
         self.dtype = parse_dtype(dtype, self.device) if dtype is not None else self.dtype
         self.unet.to(self.device, self.dtype)
@@ -273,7 +276,7 @@ class PipelineBase:
         arr = images.cpu().permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
-    # -- the preamble every mode runs, in order ------------------------------------------------------------------------------------------------
+    # -- the preamble every mode runs, in order (then: generators, denoise, decode, output) ------------------------
     def sampling_settings(self, num_inference_steps: int | None, guidance_scale: float | None,
                           sampler: str | None) -> tuple[int, float, str]:
         """Fill what the caller left None: the model's generation_config.json, else latentdiff.defaults.SAMPLING_DEFAULTS."""
