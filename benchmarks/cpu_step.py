@@ -5,7 +5,11 @@ step records wall and CPU time. Levers that patch a loaded model in place (fused
 switched on one of our pipelines just for their arm; channels-last has a pipeline of its own. Then the image drift:
 ours-fp32 vs ours-bf16 (and with channels-last) drawing the same image, in 8-bit levels.
 
-    python benchmarks/cpu_step.py [--latent 64] [--rounds 3] [--arms A,B] [--threads 1] [--out benchmarks/results/cpu_step.json]
+    python benchmarks/cpu_step.py [--latent 64] [--rounds 3] [--arms A,B] [--threads 1] [--memory-size 512]
+                                  [--out benchmarks/results/cpu_step.json]
+
+Peak memory: each of diffusers-bf16, ours-bf16 and ours-bf16-cl draws a 2-step image in a fresh process (RSS
+high-water mark, weights included).
 
 Needs about 8 GB of memory at the SD1.5 size (three bf16 pipelines, then two fp32 + bf16 for the drift).
 """
@@ -25,7 +29,9 @@ import numpy as np
 import torch
 
 from latentdiff import fast
-from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info
+from dataclasses import replace
+
+from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info, measure_memory
 from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +79,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time barely depends on other load)")
     ap.add_argument("--drift-size", type=int, default=256, help="image side for the drift check (0: skip)")
     ap.add_argument("--drift-steps", type=int, default=8)
+    ap.add_argument("--memory-size", type=int, default=512,
+                    help="image side for the peak-RSS probes: each arm draws a 2-step image in a fresh process (0: skip)")
     ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "latentdiff" / "bench"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_step.json"))
     args = ap.parse_args()
@@ -124,6 +132,11 @@ def main() -> None:
             d = np.abs(image(v, folder, s) - want)
             drift[v.name] = {"mean": round(float(d.mean()), 3), "max": int(d.max()), "over_2": round(float((d > 2).mean()), 4)}
         result["image_drift_vs_ours_fp32"] = {"size": args.drift_size, "steps": args.drift_steps, "sampler": s.sampler, **drift}
+    if args.memory_size:  # fresh process per arm: a process's RSS high-water mark cannot be reset in place
+        ms = replace(s, height=args.memory_size, width=args.memory_size)
+        result["peak_rss"] = {"size": args.memory_size, "steps": 2, **{
+            v.name: measure_memory(v, folder, ms) for v in variants.values()}}
+        print(f"peak RSS: {result['peak_rss']}", file=sys.stderr, flush=True)
     result["finished"], result["load_average_end"] = time.strftime("%Y-%m-%dT%H:%M:%S"), [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

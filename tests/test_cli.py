@@ -341,5 +341,11 @@ def test_img2img_and_inpaint_take_fast_and_say_what_it_turned_on(capsys, tmp_pat
         code, _, err = run(capsys, cmd, "a cat", "--image", src, *extra, "--model", tiny_folder, "--out", fast, "--fast", *ARGS)
         assert code == 0
         said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("fast:")]  # besides progress bars
-        assert said == ["fast: vae_tiling>1024 on cpu; no speed lever is proven faster on cpu yet"]
+        assert said == ["fast: vae_tiling>1024 on cpu fp32; no speed lever is proven faster on cpu fp32 yet"]
+        if cmd == "img2img":  # bf16 on a CPU: channels-last by default, --fast adds tiling, --no-fast turns both off
+            for flag, want in (("--fast", "fast: channels_last, vae_tiling>1024 on cpu bf16"), ("--no-fast", None)):
+                args = [a if a != "fp32" else "bf16" for a in ARGS]
+                code, _, err = run(capsys, cmd, "a cat", "--image", src, "--model", tiny_folder, "--out", tmp_path / "b.png", flag, *args)
+                said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("fast:")]
+                assert code == 0 and said == ([want] if want else [])
         assert np.abs(pixels(plain) - pixels(fast)).max() == 0  # tiling starts above 1024 px: the same picture here

@@ -32,10 +32,26 @@ def default_image(tiny_folder):
 
 def test_fast_pipeline_draws_the_default_picture(tiny_folder, default_image):
     pipe = LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype="fp32", fast=True)
-    assert pipe.fast_levers == [*fast.PROVEN["cpu"], "vae_tiling>1024"]
+    assert pipe.fast_levers == [*fast.levers_for(pipe.device, pipe.dtype), "vae_tiling>1024"]
     got = draw(pipe)
     assert default_image.std() > 5  # a real picture, not a flat field
     assert np.abs(got - default_image).mean() <= 0.05 and np.abs(got - default_image).max() <= 1
+
+
+def test_the_default_turns_on_what_the_benchmark_proved(tiny_folder):
+    """bf16 on a CPU: channels-last is on unless fast=False (benchmarks/results/cpu_step.json); fp32: nothing."""
+    assert fast.levers_for(torch.device("cpu"), torch.bfloat16) == ("channels_last",)
+    assert fast.levers_for(torch.device("cpu"), torch.float32) == () and fast.levers_for(torch.device("cuda"), torch.float16) == ()
+    assert set(fast.EVIDENCE) == set(fast.PROVEN) and all(Path(REPO, e.split(":")[0]).is_file() for e in fast.EVIDENCE.values())
+    on = LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype="bf16")
+    off = LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype="bf16", fast=False)
+    assert on.fast_levers == ["channels_last"] and off.fast_levers == []
+    assert on.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert on.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert off.unet.conv_in.weight.is_contiguous() and not off.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = draw(on), draw(off)
+    assert a.std() > 5 and np.abs(a - b).mean() <= 1.0, np.abs(a - b).mean()  # bf16 rounding in another op order only
+    assert LatentDiffusionPipeline.from_pretrained(tiny_folder, dtype="fp32").fast_levers == []
 
 
 def test_every_lever_draws_the_default_picture(tiny_folder, default_image):

@@ -82,6 +82,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("ours-bf16", dtype="bf16"),
     _v("ours-fp16", dtype="fp16", devices=("cuda",)),
     _v("ours-fp32-cl", channels_last=True),
+    _v("ours-bf16-cl", dtype="bf16", channels_last=True),
     _v("ours-fp32-qkv", fused_qkv=True),
     _v("ours-fp32-cl-qkv", channels_last=True, fused_qkv=True),
     _v("ours-fp32-compile", compile="default"),

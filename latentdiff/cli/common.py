@@ -51,7 +51,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto: fp16 on CUDA, bf16 on bf16-native CPUs, else fp32)")
     p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
-    p.add_argument("--fast", action="store_true", help="turn on the speed levers benchmarks/BENCHMARKS.md measured faster here")
+    p.add_argument("--fast", action="store_const", const=True, default=None,
+                   help="also tile the VAE decode of images over 1024 px (the levers BENCHMARKS.md proved for this device "
+                        "and dtype are on by default: channels-last for bf16 on CPU)")
+    p.add_argument("--no-fast", dest="fast", action="store_const", const=False,
+                   help="turn every speed lever off (the plain eager path, for parity checks)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image; pays off over many)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
     p.add_argument("--vae", metavar="PATH", help="a separate VAE (diffusers vae folder or .safetensors) instead of the model's")
@@ -170,11 +174,11 @@ def report_fast(pipe, args) -> None:
     """One line on stderr saying what --fast/--compile turned on here (BENCHMARKS.md lists what is proven faster)."""
     if not (args.fast or args.compile):
         return
-    from ..fast import levers_for
+    from ..fast import DTYPE_NAMES, levers_for
 
-    proven = levers_for(pipe.device)
-    note = "" if proven or not args.fast else f"; no speed lever is proven faster on {pipe.device.type} yet"
-    print(f"fast: {', '.join(pipe.fast_levers) or 'nothing'} on {pipe.device.type}{note}", file=sys.stderr)
+    where = f"{pipe.device.type} {DTYPE_NAMES.get(pipe.dtype, pipe.dtype)}"
+    note = "" if levers_for(pipe.device, pipe.dtype) or not args.fast else f"; no speed lever is proven faster on {where} yet"
+    print(f"fast: {', '.join(pipe.fast_levers) or 'nothing'} on {where}{note}", file=sys.stderr)
 
 
 def _disposable(path: Path, folder: Path) -> bool:

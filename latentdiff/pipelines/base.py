@@ -79,7 +79,7 @@ class PipelineBase:
     """What every mode shares: the components, device and dtype, LoRA and embeddings, and the stages in data-flow order."""
 
     def __init__(self, components: Components, *, device=None, dtype=None, attention: str = "sdpa", model_name: str = "",
-                 fast: bool = False, compile: bool = False):
+                 fast: bool | None = None, compile: bool = False):
         self.components = components
         self.model_name = model_name or components.source
         self._model_hash: str | None = None
@@ -88,8 +88,9 @@ class PipelineBase:
         set_attention_backend(self.unet, attention)
         self.attention = attention
         self.to(self.device, self.dtype)
+        # fast=None: the levers benchmarks proved for this device and dtype; True: those plus VAE tiling; False: none
         self.fast_levers: list[str] = []  # what fast/compile turned on (latentdiff.fast; benchmarks/BENCHMARKS.md)
-        if fast or compile:
+        if fast is not False or compile:
             from ..fast import apply_fast
 
             self.fast_levers = apply_fast(self, fast=fast, compile=compile)
@@ -97,7 +98,7 @@ class PipelineBase:
     # -- construction -------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls: type[P], path: str | os.PathLike, *, device=None, dtype=None, attention: str = "sdpa",
-                        allow_pickle: bool = False, prediction_type: str | None = None, fast: bool = False,
+                        allow_pickle: bool = False, prediction_type: str | None = None, fast: bool | None = None,
                         compile: bool = False, vae: str | os.PathLike | None = None) -> P:
         """Load a diffusers folder or a single `.safetensors` (or, with allow_pickle, `.ckpt`) file from a local path.
 

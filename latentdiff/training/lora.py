@@ -85,12 +85,13 @@ class LoraTrainer:
         if components is None:
             self.model_path = resolve_model(cfg.model)
             self.pipe = LatentDiffusionPipeline.from_pretrained(self.model_path, device=self.acc.device, dtype=self.weight_dtype,
-                                                                prediction_type=cfg.prediction_type or None)
+                                                                prediction_type=cfg.prediction_type or None, fast=False)
         else:
             self.model_path = ""
             if cfg.prediction_type:
                 components.scheduler_config["prediction_type"] = cfg.prediction_type
-            self.pipe = LatentDiffusionPipeline(components, device=self.acc.device, dtype=self.weight_dtype, model_name="memory")
+            self.pipe = LatentDiffusionPipeline(components, device=self.acc.device, dtype=self.weight_dtype, model_name="memory",
+                                              fast=False)  # inference levers stay off while training
         c = self.pipe.components
         for m in (c.unet, c.vae, c.text_encoder, c.text_encoder_2):
             if m is not None:
