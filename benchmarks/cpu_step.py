@@ -23,15 +23,15 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latentdiff import fast
-from dataclasses import replace
-
-from latentdiff.bench.harness import BenchSettings, Runner, Variant, ensure_model, machine_info, measure_memory
+from latentdiff.bench.harness import Runner, ensure_model, machine_info, measure_memory
+from latentdiff.bench.variants import BenchSettings, Variant
 from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1: CPU time barely depends on other load)")
     ap.add_argument("--drift-size", type=int, default=256, help="image side for the drift check (0: skip)")
     ap.add_argument("--drift-steps", type=int, default=8)
+    ap.add_argument("--compile", action="store_true",
+                    help="add ours-bf16-cl-compile: torch.compile (inductor, freezing) of the channels-last U-Net; its warm-up is the compile time")
     ap.add_argument("--memory-size", type=int, default=512,
                     help="image side for the peak-RSS probes: each arm draws a 2-step image in a fresh process (0: skip)")
     ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "latentdiff" / "bench"))
@@ -94,14 +96,22 @@ def main() -> None:
     variants = {"diffusers-bf16": Variant("diffusers-bf16", "diffusers", dtype="bf16"),
                 "ours-bf16": Variant("ours-bf16", "ours", dtype="bf16"),
                 "ours-bf16-cl": Variant("ours-bf16-cl", "ours", dtype="bf16", channels_last=True)}
+    if args.compile:
+        variants["ours-bf16-cl-compile"] = Variant("ours-bf16-cl-compile", "ours", dtype="bf16", channels_last=True,
+                                                   compile="default", freezing=True)
     runners = {name: Runner(v, folder, device, s) for name, v in variants.items()}
     table = arms(runners)
+    if args.compile:
+        table["ours-bf16-cl-compile"] = (runners["ours-bf16-cl-compile"], lambda: None, lambda: None)
     if args.arms:
         table = {n: table[n] for n in args.arms.split(",")}
     steps: dict[str, list[dict]] = {name: [] for name in table}
     outputs: dict[str, torch.Tensor] = {}
-    for name, (r, on, off) in table.items():  # warm-up: oneDNN builds its bf16 primitives on the first call
-        outputs[name] = step_once(r, on, off)[1].float()
+    warmup: dict[str, dict] = {}
+    for name, (r, on, off) in table.items():  # warm-up: oneDNN builds its bf16 primitives on the first call (compile: compiles)
+        warmup[name], out = step_once(r, on, off)
+        outputs[name] = out.float()
+        print(f"warm-up {name}: {warmup[name]}", file=sys.stderr, flush=True)
     names = list(table)
     for k in range(args.rounds):
         order = names[k % len(names):] + names[:k % len(names)]
@@ -116,7 +126,7 @@ def main() -> None:
     result = {
         "what": f"U-Net CFG step (batch 2, latent {args.latent}², guidance 7.5), random {args.layout} weights, bf16 weights",
         "started": started, "machine": machine_info(device), "load_average_start": [round(x, 2) for x in load0],
-        "steps": steps, "median": med,
+        "warmup": warmup, "steps": steps, "median": med,
         "ratio_vs_diffusers_bf16": {n: {"median_wall": round(med[n]["wall_s"] / med["diffusers-bf16"]["wall_s"], 3),
                                         "median_cpu": round(med[n]["cpu_s"] / med["diffusers-bf16"]["cpu_s"], 3),
                                         "median_of_round_ratios": statistics.median(per_round[n]),
@@ -135,7 +145,7 @@ def main() -> None:
     if args.memory_size:  # fresh process per arm: a process's RSS high-water mark cannot be reset in place
         ms = replace(s, height=args.memory_size, width=args.memory_size)
         result["peak_rss"] = {"size": args.memory_size, "steps": 2, **{
-            v.name: measure_memory(v, folder, ms) for v in variants.values()}}
+            v.name: measure_memory(v, folder, ms) for v in variants.values() if not v.compile}}
         print(f"peak RSS: {result['peak_rss']}", file=sys.stderr, flush=True)
     result["finished"], result["load_average_end"] = time.strftime("%Y-%m-%dT%H:%M:%S"), [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,8 @@ VARIANTS = [
 # ---- model layouts ----------------------------------------------------------------------------------------------
 
 def layouts(scale: str) -> dict:
-    """SD1.5 component configs (latentdiff/configs/sd15.yaml); 'small' narrows every width, keeping levels and depth."""
-    from latentdiff.checkpoints.configs import read_preset
+    """SD1.5 component configs (latentdiff/checkpoints/presets/sd15.yaml); 'small' narrows every width, keeping levels and depth."""
+    from latentdiff.checkpoints.presets import read_preset
 
     p = read_preset("sd15")
     if scale == "small":

@@ -104,8 +104,10 @@ def read_yaml(path: str | os.PathLike, *, mapping: bool = True) -> Any:
         value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LatentDiffError(f"no such config file: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise LatentDiffError(f"{path} is not a readable YAML file: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:
+        raise LatentDiffError(f"{path} is not a readable YAML file: not valid YAML ({str(e).splitlines()[0]})") from None
     if value is None:
         value = {}
     if mapping and not isinstance(value, dict):

@@ -124,27 +124,44 @@ def fingerprint(components) -> tuple:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(components, name)
+        if module is None:  # SD1/SD2 have no second encoder, the SDXL refiner no first
+            continue
         for key, tensor in module.state_dict().items():
             h.update(f"{key}:{tensor.dtype}:{tensor.device}".encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
         for m in module.modules():
             h.update(repr(sorted(k for k in vars(m) if not k.startswith("_"))).encode())
             # transformers 5 installs its own output-capturing hooks on the first output_hidden_states call: not ours
-            hooks = (len(m._forward_hooks), len(m._forward_pre_hooks)) if name != "text_encoder" else ()
+            hooks = (len(m._forward_hooks), len(m._forward_pre_hooks)) if not name.startswith("text_encoder") else ()
             h.update(repr((m.training, hooks)).encode())
     return h.hexdigest(), repr(components.scheduler_config), repr(components.generation), components.kind
 
 
+def folder_fingerprint(path) -> tuple:
+    """What a test could change in a shared model folder or file on disk: its files' names, sizes and contents' times."""
+    from pathlib import Path
+
+    path = Path(path)
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return tuple((str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+SESSION_COMPONENTS = ("tiny_sd1", "tiny_sd2", "tiny_sdxl", "tiny_sdxl_refiner", "tiny_sdxl_inpaint")
+SESSION_FILES = ("tiny_folder", "tiny_folder_sd2", "tiny_single_file", "tiny_folder_biased", "tiny_sdxl_folder",
+                 "tiny_sdxl_refiner_folder", "tiny_sdxl_inpaint_folder")
+
+
 @pytest.fixture(autouse=True)
 def _session_components_unchanged(request):
-    """No test mutates a session fixture: the tiny components a test used are the same after it."""
-    names = [n for n in ("tiny_sd1", "tiny_sd2") if n in request.fixturenames]
-    before = {n: fingerprint(request.getfixturevalue(n)) for n in names}
+    """No test mutates a session fixture: the tiny components and model folders a test used are the same after it."""
+    checks = [(n, fingerprint) for n in SESSION_COMPONENTS if n in request.fixturenames]
+    checks += [(n, folder_fingerprint) for n in SESSION_FILES if n in request.fixturenames]
+    before = {n: check(request.getfixturevalue(n)) for n, check in checks}
     yield
-    for n in names:
-        assert fingerprint(request.getfixturevalue(n)) == before[n], f"{request.node.nodeid} changed the session fixture {n}"
+    for n, check in checks:
+        assert check(request.getfixturevalue(n)) == before[n], f"{request.node.nodeid} changed the session fixture {n}"
 
 
 from sdxl_fixtures import (tiny_sdxl, tiny_sdxl_folder, tiny_sdxl_inpaint, tiny_sdxl_inpaint_folder,  # noqa: E402,F401

@@ -219,7 +219,7 @@ def test_two_runs_in_one_folder_keep_both_images(tmp_path, monkeypatch, tiny_fol
 
     from latentdiff.cli.common import output_paths, save_outputs
     from latentdiff.pipelines.png_metadata import GenerationParams, save_png_numbered
-    from latentdiff.pipelines.text_to_image import PipelineOutput
+    from latentdiff.pipelines.base import PipelineOutput
 
     monkeypatch.chdir(tmp_path)
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))

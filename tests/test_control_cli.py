@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run
 from latentdiff.checkpoints.controlnet import save_controlnet_single_file
-from latentdiff.cli import main
 from latentdiff.cli.control import MODULES
 from latentdiff.pipelines import control_images
 from latentdiff.pipelines.control import ControlUnit
@@ -20,12 +20,6 @@ from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 from test_controlnet_model import random_controlnet
 
 ARGS = ["--steps", "3", "--seed", "11", "--dtype", "fp32", "--guidance", "5", "--sampler", "euler"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

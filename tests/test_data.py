@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from latentdiff.errors import LatentDiffError
-from latentdiff.training import emoji
-from latentdiff.training.data import (EMOJI_TEMPLATES, BucketBatchSampler, CaptionSampler, ImageCaptionDataset,
-                                      Record, assign_bucket, make_buckets, scan_folder)
-from latentdiff.training.emoji import build_emoji_dataset, is_held_out, normalize_codepoints
 from latentdiff.cli.data import add_data_parser, run_data
+from latentdiff.data import emoji
+from latentdiff.data.dataset import (EMOJI_TEMPLATES, BucketBatchSampler, CaptionSampler, ImageCaptionDataset,
+                                      Record, assign_bucket, make_buckets, scan_folder)
+from latentdiff.data.emoji import build_emoji_dataset, is_held_out, normalize_codepoints
+from latentdiff.errors import LatentDiffError
 
 SIDE = 16
 ENTRIES = [  # a slice of emojibase-data en/data.json, same field layout

@@ -7,8 +7,8 @@ import torch
 from latentdiff.evaluation import frechet_distance
 from latentdiff.evaluation.evaluate import evaluate
 from latentdiff.evaluation.judge import Judge, JudgeConfig, judge_images, train_judge
-from latentdiff.training.config import DataConfig
-from latentdiff.training.parts import PixelCache
+from latentdiff.data.config import DataConfig
+from latentdiff.data.pixels import PixelCache
 
 from test_train import make_shapes_dataset  # tests/ is on sys.path under pytest's default import mode
 

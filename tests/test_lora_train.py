@@ -163,7 +163,7 @@ def test_bad_settings_fail_with_one_line(tmp_path, capsys):
 
 
 def test_demo_sets(data, tmp_path):
-    from latentdiff.training.lora_demo import make_sketch_set, make_subject_set
+    from latentdiff.data.lora_demo import make_sketch_set, make_subject_set
 
     assert make_sketch_set(data, tmp_path / "sketch", count=3, progress=False) == 3
     captions = sorted(p.read_text() for p in (tmp_path / "sketch").glob("*.txt"))
@@ -173,3 +173,15 @@ def test_demo_sets(data, tmp_path):
     assert make_subject_set(data, tmp_path / "subject", name="a red square on blue", progress=False) == 8
     with pytest.raises(LatentDiffError, match="no image in .* is captioned 'merman'"):
         make_subject_set(data, tmp_path / "none", name="merman", progress=False)
+
+
+def test_demo_sets_from_the_command_line(data, tmp_path, capsys):
+    """`latentdiff data lora-demo`: the sets in seconds; a caption no image has is one line and exit 2."""
+    from helpers import run
+
+    code, out, _ = run(capsys, "data", "lora-demo", "sketch", data, tmp_path / "sketch", "--count", 2)
+    assert code == 0 and out.strip() == f"2 images in {tmp_path / 'sketch'}" and len(list((tmp_path / "sketch").glob("*.txt"))) == 2
+    code, out, _ = run(capsys, "data", "lora-demo", "subject", data, tmp_path / "subject", "--name", "a red square on blue")
+    assert code == 0 and out.strip() == f"8 images in {tmp_path / 'subject'}"
+    code, out, err = run(capsys, "data", "lora-demo", "subject", data, tmp_path / "none", "--name", "merman")
+    assert code == 2 and out == "" and err.strip().count("\n") == 0 and "is captioned 'merman'" in err

@@ -80,7 +80,7 @@ def test_meta_counting_sees_the_attention_the_cpu_kernel_hides():
 
 
 def test_sd15_reference_cost_from_its_diffusers_config():
-    name, cfg, _ = load_arch_config(REPO / "latentdiff" / "configs" / "sd15.yaml")
+    name, cfg, _ = load_arch_config(REPO / "latentdiff" / "checkpoints" / "presets" / "sd15.yaml")
     flops, params = count_flops(cfg, batch=1, size=64, tokens=77)
     assert name == "sd15" and params == 859_520_964
     assert round(flops / 1e12, 3) == 0.803  # DESIGN.md's reference: 0.803 TFLOP per sample at 64×64
@@ -174,7 +174,7 @@ def test_profile_command_errors_are_one_line(tmp_path, capsys):
 
 
 def test_line_chart_with_log_axis(tmp_path):
-    from latentdiff.profiling import draw_chart
+    from latentdiff.charts import draw_chart
 
     series = [{"label": "a", "x": [10, 20, 30], "y": [0.8, 0.2, 0.11]}, {"label": "b", "x": [10, 20, 30], "y": [0.5, 0.3, 0.1]}]
     path = draw_chart(series, tmp_path / "c.png", title="loss", xlabel="step", ylabel="loss", log_y=True, size=(400, 300))

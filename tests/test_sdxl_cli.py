@@ -6,18 +6,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from helpers import run
 from latentdiff.checkpoints import ldm_keys as K
-from latentdiff.cli import main
 from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
 ARGS = ["--steps", "4", "--seed", "3", "--dtype", "fp32", "--guidance", "5", "--sampler", "euler"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_info_names_the_family(capsys, tiny_sdxl_folder, tiny_sdxl_refiner_folder, tiny_sdxl_inpaint_folder, tiny_folder):

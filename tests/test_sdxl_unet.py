@@ -101,10 +101,10 @@ def test_config_round_trip_and_errors():
 
 
 def test_profiler_counts_the_shipped_sdxl_preset():
-    """`latentdiff profile latentdiff/configs/sdxl_base.yaml`: the full base at 128² latents (1024² pixels), meta device."""
+    """`latentdiff profile latentdiff/checkpoints/presets/sdxl_base.yaml`: the full base at 128² latents (1024² pixels), meta device."""
     from latentdiff.profiling import count_flops, load_arch_config
 
-    _, config, _ = load_arch_config("latentdiff/configs/sdxl_base.yaml")
+    _, config, _ = load_arch_config("latentdiff/checkpoints/presets/sdxl_base.yaml")
     flops, params = count_flops(config)
     assert params == 2_567_463_684
     assert flops == 6_761_236_398_080  # 8.4× SD1.5's 0.803 TFLOP at 64² (DESIGN.md)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from latentdiff.checkpoints import ldm_keys as K
-from latentdiff.checkpoints.configs import ASSETS_DIR, read_preset
+from latentdiff.checkpoints.presets import ASSETS_DIR, read_preset
 from latentdiff.checkpoints.single_file import (
     detect_kind, load_state_dict, read_single_file, text_key_prefix, unet_config, write_single_file,
 )
@@ -313,11 +313,11 @@ def test_presets_are_package_data():
     """The SD presets live inside the package, where pyproject's package-data puts them into wheels."""
     import tomllib
 
-    from latentdiff.checkpoints.configs import CONFIG_DIR, PACKAGE_DIR, preset_path
+    from latentdiff.checkpoints.presets import PACKAGE_DIR, PRESET_DIR, preset_path
     from latentdiff.checkpoints.single_file import PRESETS
 
     patterns = tomllib.loads((PACKAGE_DIR.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["latentdiff"]
     packed = {p for pattern in patterns for p in PACKAGE_DIR.glob(pattern)}
     for name in [*PRESETS.values(), "sd21-v"]:
         path = preset_path(name)
-        assert path.parent == CONFIG_DIR and CONFIG_DIR.is_relative_to(PACKAGE_DIR) and path in packed, path
+        assert path.parent == PRESET_DIR and PRESET_DIR.is_relative_to(PACKAGE_DIR) and path in packed, path

@@ -189,8 +189,8 @@ def test_cli_prints_one_line_error(tmp_path, shapes, capsys):
 
 
 def test_bad_datasets(tmp_path, caplog):
-    from latentdiff.training.config import DataConfig
-    from latentdiff.training.parts import PixelCache
+    from latentdiff.data.config import DataConfig
+    from latentdiff.data.pixels import PixelCache
 
     empty = tmp_path / "empty"
     empty.mkdir()

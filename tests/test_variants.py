@@ -239,7 +239,7 @@ def test_variant_unet_saves_and_loads_as_a_folder(tmp_path):
 
     from conftest import tiny_components
 
-    from latentdiff.checkpoints.loader import load_components, save_diffusers_folder, save_single_file
+    from latentdiff.checkpoints import load_components, save_diffusers_folder, save_single_file
     from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
     c = tiny_components()

@@ -191,7 +191,7 @@ def write_outputs(records: list[dict], grids: dict[str, torch.Tensor], reference
 
 def write_charts(records: list[dict], meta: dict, out: Path) -> None:
     """convergence.png (held-out loss vs step) and train_loss.png from the records."""
-    from latentdiff.profiling import draw_chart
+    from latentdiff.charts import draw_chart
 
     evals = [{"label": r["name"], "x": [p[0] for p in r["eval_curve"]], "y": [p[1] for p in r["eval_curve"]]} for r in records]
     draw_chart(evals, out / "convergence.png", title=f"held-out ε-MSE vs step ({meta['data']['summary']})",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from latentdiff.data.dataset import ImageCaptionDataset
 from latentdiff.pipelines import LatentDiffusionPipeline
-from latentdiff.training.data import ImageCaptionDataset
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def sd15_variants() -> list[tuple[str, object, str]]:
     """SD1.5's U-Net, then one operator at a time swapped, and the classic / lossless pairs."""
     from latentdiff.profiling import load_arch_config
 
-    _, sd, _ = load_arch_config(REPO / "latentdiff" / "configs" / "sd15.yaml")
+    _, sd, _ = load_arch_config(REPO / "latentdiff" / "checkpoints" / "presets" / "sd15.yaml")
     swaps = [("sd15", {}), ("sd15 down=avgpool", dict(downsample="avgpool")), ("sd15 down=maxpool", dict(downsample="maxpool")),
              ("sd15 down=blurpool", dict(downsample="blurpool")), ("sd15 down=unshuffle", dict(downsample="unshuffle")),
              ("sd15 up=bilinear_conv", dict(upsample="bilinear_conv")), ("sd15 up=transposed", dict(upsample="transposed")),

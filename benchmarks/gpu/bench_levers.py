@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from latentdiff.bench.harness import BenchSettings, Variant, ensure_model, machine_info, measure_variant
+from latentdiff.bench.harness import ensure_model, machine_info, measure_variant
+from latentdiff.bench.variants import BenchSettings, Variant
 from latentdiff.fileio import write_json
 
 LEVERS = {"qkv": dict(fused_qkv=True), "compile": dict(compile="default"), "cudagraph": dict(compile="reduce-overhead")}

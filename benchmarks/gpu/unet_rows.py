@@ -49,7 +49,7 @@ def sdxl_config(dry: bool) -> tuple[dict, int, int, int] | dict:
     from latentdiff.models.unet import UNet
 
     try:
-        from latentdiff.checkpoints.configs import read_preset
+        from latentdiff.checkpoints.presets import read_preset
 
         cfg = dict(read_preset("sdxl_base")["unet"])
     except Exception as e:  # no preset yet
@@ -135,7 +135,7 @@ def sdxl_lora_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
 
 def controlnet_row(device: torch.device, dtype: torch.dtype, dry: bool) -> dict:
     """SD1.5 U-Net CFG step at 512² with one ControlNet vs without, ours and diffusers'."""
-    from latentdiff.checkpoints.configs import read_preset
+    from latentdiff.checkpoints.presets import read_preset
     from latentdiff.models.unet import UNet, UNetConfig
 
     try:

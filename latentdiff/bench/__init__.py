@@ -1,5 +1,6 @@
-"""The side-by-side benchmark against diffusers (`latentdiff bench`): harness.py measures, benchmarks/make_table.py
-(source checkout) turns raw JSON into BENCHMARKS.md. `free_port` serves the server benchmark and the server tests."""
+"""The side-by-side benchmark against diffusers (`latentdiff bench`): variants.py names what is measured, harness.py
+measures (probes.py is its fresh-process child for peak memory), benchmarks/make_table.py (source checkout) turns raw
+JSON into BENCHMARKS.md. `free_port` serves the server benchmark and the server tests."""
 
 from __future__ import annotations
 

@@ -5,9 +5,8 @@ timing; peak memory is taken in a fresh subprocess per variant (CPU: RSS high-wa
 cannot reset) or in-process on CUDA (max_memory_allocated). Results are raw JSON; `make_table.py` turns
 them into BENCHMARKS.md. Run it through `latentdiff bench` or `python benchmarks/bench_sd15.py`.
 
-Part of the package (not benchmarks/) so that `latentdiff bench` works from an installed wheel. One file over
-~400 lines on purpose: the peak-memory probes re-run this module in a fresh process (`python -m
-latentdiff.bench.harness --probe ...`), and everything a probe needs is here.
+Part of the package (not benchmarks/) so that `latentdiff bench` works from an installed wheel. What is measured
+(variants, settings) is variants.py; what runs in the fresh peak-memory process is probes.py.
 """
 
 from __future__ import annotations
@@ -19,124 +18,33 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from latentdiff.bench.variants import CPU_DEFAULT, CUDA_DEFAULT, VARIANTS, BenchSettings, Variant
 from latentdiff.errors import LatentDiffError
 from latentdiff.fileio import write_json
 
-DEFAULT_WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
 PROMPT, NEGATIVE = "a red fox in the snow, studio photograph", "blurry"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx512_fp16")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One way of running a pipeline: whose code, which precision, which levers."""
-
-    name: str
-    impl: str                              # "diffusers" (the reference) | "ours"
-    dtype: str = "fp32"                    # weights: fp32 | bf16 | fp16
-    autocast: str | None = None            # bf16 | fp16: autocast over fp32 weights
-    channels_last: bool = False            # NHWC conv weights and activations (latentdiff.fast.channels_last)
-    fused_qkv: bool = False                # one GEMM for self-attention q, k, v (ours only)
-    compile: str | None = None             # torch.compile mode: "default" | "max-autotune" | "reduce-overhead" (CUDA graphs)
-    freezing: bool = False                 # inductor freezing (weights as constants; CPU oneDNN prepacking)
-    fast: bool = False                     # ours with fast=True: the levers latentdiff.fast.PROVEN lists
-    attention: str = "sdpa"                # sdpa | xformers | math (ours); diffusers uses SDPA, or xformers when asked
-    devices: tuple[str, ...] = ("cpu", "cuda")
-
-    @property
-    def precision(self) -> str:
-        """What the table compares across implementations: weights dtype or autocast dtype."""
-        return f"{self.autocast}-autocast" if self.autocast else self.dtype
-
-    @property
-    def reference(self) -> str:
-        """The diffusers variant this one is compared with (same precision, eager)."""
-        return f"diffusers-{self.precision}"
-
-
-def _v(name: str, **kw) -> Variant:
-    return Variant(name=name, impl=name.split("-")[0], **kw)
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    _v("diffusers-fp32"),
-    _v("diffusers-bf16-autocast", autocast="bf16"),
-    _v("diffusers-bf16", dtype="bf16"),
-    _v("diffusers-fp16", dtype="fp16", devices=("cuda",)),
-    _v("diffusers-fp32-cl", channels_last=True),
-    _v("diffusers-fp16-cl-compile", dtype="fp16", channels_last=True, compile="max-autotune", devices=("cuda",)),
-    _v("ours-fp32"),
-    _v("ours-bf16-autocast", autocast="bf16"),
-    _v("ours-bf16", dtype="bf16"),
-    _v("ours-fp16", dtype="fp16", devices=("cuda",)),
-    _v("ours-fp32-cl", channels_last=True),
-    _v("ours-bf16-cl", dtype="bf16", channels_last=True),
-    _v("ours-fp32-qkv", fused_qkv=True),
-    _v("ours-fp32-cl-qkv", channels_last=True, fused_qkv=True),
-    _v("ours-fp32-compile", compile="default"),
-    _v("ours-fp32-cl-compile-freeze", channels_last=True, compile="default", freezing=True),
-    _v("ours-fast"),  # fast=True at the device's default dtype
-    _v("ours-fp16-cl", dtype="fp16", channels_last=True, devices=("cuda",)),
-    _v("ours-fp16-cl-qkv", dtype="fp16", channels_last=True, fused_qkv=True, devices=("cuda",)),
-    _v("ours-fp16-cl-compile", dtype="fp16", channels_last=True, compile="max-autotune", devices=("cuda",)),
-    _v("ours-fp16-cl-cudagraph", dtype="fp16", channels_last=True, compile="reduce-overhead", devices=("cuda",)),
-]}
-VARIANTS["ours-fast"] = replace(VARIANTS["ours-fast"], fast=True)
-CPU_DEFAULT = ("diffusers-fp32", "diffusers-bf16-autocast", "diffusers-bf16", "ours-fp32", "ours-bf16-autocast", "ours-bf16",
-               "ours-fp32-cl", "ours-fp32-qkv", "ours-fast")
-CUDA_DEFAULT = ("diffusers-fp32", "diffusers-fp16", "diffusers-fp16-cl-compile", "ours-fp32", "ours-fp16", "ours-fp16-cl",
-                "ours-fp16-cl-qkv", "ours-fp16-cl-compile", "ours-fp16-cl-cudagraph", "ours-fast")
-
-
-@dataclass
-class BenchSettings:
-    """What a benchmark run measures, and how."""
-
-    layout: str = "sd15"                   # sd15: the real SD1.5 sizes | tiny: small channel counts (smoke runs, tests)
-    model: str = ""                        # a diffusers folder to time instead of random weights (e.g. the embedded default)
-    device: str = "auto"                   # cpu | cuda | auto
-    variants: tuple[str, ...] = ()         # names in VARIANTS; () = the device's default list
-    latent: int = 64                       # latent side of the U-Net CFG step and the VAE decode (64: 512² images)
-    height: int = 512                      # end-to-end image size
-    width: int = 512
-    steps: int = 25                        # end-to-end sampler steps (reduce on CPU and say so)
-    sampler: str = "dpmpp_2m"
-    guidance: float = 7.5
-    step_warmup: int = 1                   # untimed U-Net steps before timing
-    step_repeats: int = 5                  # timed U-Net CFG steps (median reported)
-    decode_repeats: int = 2                # timed VAE decodes of one latent
-    e2e_repeats: int = 1                   # timed end-to-end images (after one untimed 1-step image)
-    memory: bool = True                    # peak memory per variant (CPU: one subprocess each)
-    tiling_sizes: tuple[int, ...] = ()     # VAE tiling probes: image sides to decode untiled and tiled (e.g. 1536)
-    tiles: tuple[int, ...] = (1024, 512)   # tile sides tried at each of those sizes
-    pairs: tuple[str, ...] = ()            # "A:B" variant pairs timed step by step in alternation (robust to load drift)
-    pair_rounds: int = 4                   # alternations per pair (ABBA order), after one warm-up step each
-    threads: int | None = None             # torch intra-op threads (None: torch's choice)
-    seed: int = 0                          # weights, inputs and the image seed
-    work_dir: str = str(DEFAULT_WORK_DIR)  # where the random-weight model folder is kept between runs
-    label: str = ""                        # what this run is (e.g. "smoke run on a loaded machine, not a result")
-
-
 # -- the model ---------------------------------------------------------------------------------------------------------
 def build_components(layout: str, seed: int):
-    """Random weights in the SD1.5 layout (latentdiff/configs/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
+    """Random weights in the SD1.5 layout (latentdiff/checkpoints/presets/sd15.yaml), or a tiny SD1-like layout for smoke runs."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from latentdiff.checkpoints import Components
-    from latentdiff.checkpoints.configs import read_preset
+    from latentdiff.checkpoints.presets import read_preset
     from latentdiff.checkpoints.loader import load_tokenizer
     from latentdiff.models.unet import UNet, UNetConfig
 
@@ -376,72 +284,12 @@ def image_diff(a: np.ndarray, b: np.ndarray) -> dict:
     return {"mean_abs_255": float(d.mean()), "max_abs_255": int(d.max())}
 
 
-# -- peak memory in a fresh process -----------------------------------------------------------------------------------------
-def rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB.
-
-    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ru_maxrss: the kernel
-    carries it over fork and execve, so a child started by a 6 GB parent would report 6 GB before loading anything.
-    """
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux/BSD
-
-
-def probe_memory(variant_name: str, folder: str, settings: dict) -> dict:
-    """Run in a fresh process: import, load the variant, draw one image with 2 steps; report RSS high-water marks."""
-    s = BenchSettings(**settings)
-    device = pick_device(s.device)
-    variant = VARIANTS[variant_name]
-    import diffusers  # noqa: F401  imports count towards the baseline, not the model
-    import transformers  # noqa: F401
-
-    from latentdiff import pipelines  # noqa: F401
-
-    out = {"baseline_rss_mb": rss_mb()}
-    r = Runner(variant, Path(folder), device, s)
-    out["loaded_rss_mb"] = rss_mb()
-    r.image(2)
-    out["peak_rss_mb"] = rss_mb()
-    if device.type == "cuda":
-        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-def probe_tiling(folder: str, size: int, tile: int | None, seed: int, device: str, image_path: str) -> dict:
-    """Run in a fresh process: decode one random size×size latent with the SD VAE, tiled or not; time and RSS."""
-    from diffusers import AutoencoderKL
-
-    from latentdiff.fast import enable_vae_tiling
-
-    dev = pick_device(device)
-    out = {"baseline_rss_mb": rss_mb()}
-    vae = AutoencoderKL.from_pretrained(str(Path(folder) / "vae"), local_files_only=True).eval().to(dev)
-    if tile:
-        enable_vae_tiling(vae, tile)
-    z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(seed)).to(dev)  # (1, 4, h, w)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        img = vae.decode(z / vae.config.scaling_factor).sample  # (1, 3, H, W)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        out["decode_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = rss_mb()
-    if dev.type == "cuda":
-        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    pixels = ((img[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    np.save(image_path, pixels)
-    return out
-
-
+# -- peak memory in a fresh process (the child side is probes.py) --------------------------------------------------
 def run_probe(kind: str, args: dict) -> dict:
-    """Spawn `python -m latentdiff.bench.harness --probe KIND ARGS OUT`: a process's RSS high-water mark cannot be reset in place."""
+    """Spawn `python -m latentdiff.bench.probes --probe KIND ARGS OUT`: a process's RSS high-water mark cannot be reset in place."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         out_path = f.name
-    cmd = [sys.executable, "-m", "latentdiff.bench.harness", "--probe", kind, json.dumps(args), out_path]
+    cmd = [sys.executable, "-m", "latentdiff.bench.probes", "--probe", kind, json.dumps(args), out_path]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -571,25 +419,3 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
                          tiling_sizes=tuple(int(x) for x in a.tiling_sizes.split(",") if x),
                          tiles=tuple(int(x) for x in a.tiles.split(",") if x),
                          pairs=tuple(x for x in a.pairs.split(",") if x), pair_rounds=a.pair_rounds, seed=a.seed, work_dir=a.work_dir, label=a.label)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A peak-memory child: `--probe memory|tiling ARGS_JSON OUT_JSON` (the command line is `latentdiff bench`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["--probe"] or len(argv) != 4:
-        raise SystemExit("usage: python -m latentdiff.bench.harness --probe memory|tiling ARGS_JSON OUT_JSON "
-                         "(benchmarks: `latentdiff bench` or benchmarks/bench_sd15.py)")
-    _, kind, args, out = argv
-    args = json.loads(args)
-    if kind == "memory":
-        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in args["settings"].items()}
-        torch.set_num_threads(settings["threads"] or torch.get_num_threads())
-        result = probe_memory(args["variant"], args["folder"], settings)
-    else:
-        result = probe_tiling(**args)
-    Path(out).write_text(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

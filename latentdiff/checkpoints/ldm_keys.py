@@ -3,6 +3,10 @@
 Each component's map is a list of `Entry`s built by a loop over the network's blocks from a small layout
 (channels, levels, layers per block, attention depth). An entry names one LDM tensor, the diffusers
 tensor(s) it becomes and the shape they must have, so both directions check every tensor.
+
+Over ~400 lines on purpose: the maps, the layout readers (which read the very keys the maps name) and the two
+conversion directions must agree key for key, and a reader checks one against the other in one file. Each section is
+one component (U-Net, VAE, text encoders) or one direction; the SDXL and ControlNet maps build on it in their own files.
 """
 
 from __future__ import annotations

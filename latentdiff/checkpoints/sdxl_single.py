@@ -7,7 +7,7 @@
     first_stage_model.*                             VAE
 
 The kind (base, refiner, 9-channel inpainting) is read from the keys and shapes; what shapes cannot tell comes from
-the presets in latentdiff/configs (sdxl_base.yaml, sdxl_refiner.yaml), overridden by configs our writer stores in the
+the presets in checkpoints/presets/ (sdxl_base.yaml, sdxl_refiner.yaml), overridden by configs our writer stores in the
 file's metadata. Never a hub lookup.
 """
 
@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from ..errors import LatentDiffError
 from . import ldm_keys as K
-from .configs import ASSETS_DIR, read_preset
+from .presets import ASSETS_DIR, read_preset
 
 CLIP_L = "conditioner.embedders.0.transformer.text_model."
 CLIP_L_SHORT = "conditioner.embedders.0.transformer."

@@ -15,12 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import LatentDiffError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_yaml
 from . import ldm_keys as K
-from .configs import ASSETS_DIR, preset_path, read_preset, read_yaml
+from .presets import ASSETS_DIR, preset_path, read_preset
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-PRESETS = {"sd1": "sd15", "sd2": "sd21"}  # kind → latentdiff/configs/<name>.yaml; SD2 with v-prediction → sd21-v
+PRESETS = {"sd1": "sd15", "sd2": "sd21"}  # kind → checkpoints/presets/<name>.yaml; SD2 with v-prediction → sd21-v
 PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v_prediction": "v_prediction", "v": "v_prediction",
                     "sample": "sample", "x0": "sample"}  # diffusers names, and LDM's `parameterization` values
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")

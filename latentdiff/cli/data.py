@@ -1,13 +1,15 @@
-"""The `latentdiff data emoji OUT_DIR` subcommand: parser and runner."""
+"""The `latentdiff data emoji OUT_DIR` subcommand: parser and runner (`data lora-demo` is lora_demo.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from .lora_demo import add_lora_demo_parser
+
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add `data` with its `emoji` sub-subcommand to the main parser's subparsers."""
+    """Add `data` with its `emoji` and `lora-demo` sub-subcommands to the main parser's subparsers."""
     data = subparsers.add_parser("data", help="build training datasets")
     kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
     emoji = kinds.add_parser(
@@ -25,12 +27,13 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="use the .tgz files already in DIR (from `npm pack`); no npm, no network")
     emoji.add_argument("--size", type=int, default=256, metavar="N", help="image side in pixels (default 256)")
     emoji.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if an earlier `data emoji` made it (other folders are refused)")
+    add_lora_demo_parser(kinds)
     data.set_defaults(func=run_data)
 
 
 def run_data(args: argparse.Namespace) -> int:
     """Run a `data` subcommand and print its report; LatentDiffError propagates to the caller."""
-    from latentdiff.training.emoji import build_emoji_dataset, parse_sets
+    from latentdiff.data.emoji import build_emoji_dataset, parse_sets
 
     if args.data_command == "emoji":
         report = build_emoji_dataset(args.out_dir, cache_dir=args.cache, tarballs=args.tarballs,

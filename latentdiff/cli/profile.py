@@ -6,7 +6,7 @@ from __future__ import annotations
 def add_profile_parser(sub) -> None:
     """Register the `profile` subcommand."""
     p = sub.add_parser("profile", help="profile U-Net/DiT architectures: params, FLOPs, latency, peak memory",
-                       description="Profile architectures given as YAML (configs/unet-*.yaml, latentdiff/configs/sd15.yaml, ...).")
+                       description="Profile architectures given as YAML (configs/unet-*.yaml, latentdiff/checkpoints/presets/sd15.yaml, ...).")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML with a 'unet:' or 'dit:' section")
     p.add_argument("--batch", type=int, default=1, help="samples per forward (default 1)")
     p.add_argument("--size", type=int, default=None, help="latent side (default: each config's sample_size)")

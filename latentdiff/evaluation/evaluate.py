@@ -35,8 +35,8 @@ class EvalResult:
 
 def load_real(root: str, resolution: int, work: Path, progress: bool = True):
     """All real images (train + held-out) at the model's resolution, cached in work/."""
-    from ..training.config import DataConfig
-    from ..training.parts import PixelCache
+    from ..data.config import DataConfig
+    from ..data.pixels import PixelCache
 
     return PixelCache.load_or_build(DataConfig(root=root, resolution=resolution, split="all"), work / f"pixels-{resolution}-all.pt", progress)
 

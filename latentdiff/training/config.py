@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.config import DataConfig
 from ..errors import LatentDiffError
 
 # Allowed values per key (the last part of a dotted name): ("min", x) means ≥ x, ("pos",) > 0, ("below1",) in [0, 1), a
@@ -125,17 +126,6 @@ def build(cls: type, values: object, where: str = "", *, unknown: str = "unknown
 
 
 # -- the from-scratch recipe ----------------------------------------------------------------------------------------
-@dataclass
-class DataConfig:
-    """Where the images come from and how they are shaped."""
-
-    root: str = ""                          # image folder (metadata.jsonl or kohya .txt pairs)
-    resolution: int = 64                    # square side in pixels
-    split: str = "train"                    # "train" (held-out emoji excluded) or "all"
-    templates: str = "emoji"                # "emoji" (EMOJI_TEMPLATES) or "plain" (caption as is)
-    caption_dropout: float = 0.1            # empty caption rate for CFG, https://arxiv.org/abs/2207.12598
-
-
 @dataclass
 class VAEConfig:
     """A diffusers AutoencoderKL and its loss."""

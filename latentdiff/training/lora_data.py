@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.dataset import BucketBatchSampler, ImageCaptionDataset, make_buckets
 from ..errors import LatentDiffError
 from .cache import TensorCache, module_fingerprint
-from .data import BucketBatchSampler, ImageCaptionDataset, make_buckets
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,21 @@
-"""The parts from-scratch training builds: the models (VAE, text encoder, their training wrappers), the in-memory pixel
-cache, caption tokenizing, and turning trained parts into pipeline components and sample grids."""
+"""The parts from-scratch training builds: the models (VAE, text encoder, their training wrappers), caption tokenizing,
+and turning trained parts into pipeline components and sample grids (the pixel cache is latentdiff/data/pixels.py)."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..defaults import DEFAULT_SAMPLER
 from ..fileio import atomic_write
 from ..imaging import grid, to_unit
 from ..models.unet import UNet
 from ..runtime import default_device
-from .config import DataConfig, TextConfig, VAEConfig
-from .data import CaptionSampler, ImageCaptionDataset, Record
+from ..data.dataset import CaptionSampler, Record
+from .config import TextConfig, VAEConfig
 
 # The scheduler exported models carry (SD's scaled-linear DDPM betas, sampled with PNDM by default).
 SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -85,44 +83,7 @@ class DecoderTrainee(nn.Module):
         return self.vae.decode(z).sample  # (b, 3, R, R)
 
 
-# -- data ----------------------------------------------------------------------------------------------------------
-class PixelCache:
-    """All training images decoded once at one resolution: uint8 (N, 3, R, R) plus their records."""
-
-    def __init__(self, images: torch.Tensor, records: list[Record], report=None):
-        self.images, self.records = images, records
-        self.report = report  # the scan's ScanReport when built now (skipped images counted), None when loaded
-
-    @classmethod
-    def load_or_build(cls, data: DataConfig, cache_path: Path, progress: bool = True) -> "PixelCache":
-        if cache_path.is_file():
-            blob = torch.load(cache_path, weights_only=False)
-            if blob.get("key") == _cache_key(data):
-                return cls(blob["images"], [Record(**r) for r in blob["records"]])
-        split = "train" if data.split == "train" else None
-        ds = ImageCaptionDataset(data.root, resolution=data.resolution, split=split, progress=progress)
-        images = torch.empty((len(ds), 3, data.resolution, data.resolution), dtype=torch.uint8)
-        for i in tqdm(range(len(ds)), desc="decode images", unit="img", disable=None if progress else True):
-            images[i] = ((ds[i]["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        records = [{**asdict(r), "path": str(r.path)} for r in ds.records]
-        atomic_write(cache_path, lambda tmp: torch.save({"key": _cache_key(data), "images": images, "records": records}, tmp))
-        return cls(images, [Record(**r) for r in records], ds.report)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, seed: int, step: int, global_batch: int, rank: int, world: int,
-              device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[int]]:
-        """This process's slice of step's batch: pixels in [-1, 1] (b, 3, R, R) on device, and their indices."""
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(len(self.images), (global_batch,), generator=g)[rank::world].tolist()
-        return self.images[idx].to(device).float() / 127.5 - 1.0, idx  # uint8 crosses to the device: 4× fewer bytes
-
-
-def _cache_key(data: DataConfig) -> str:
-    return f"{Path(data.root).resolve()}|{data.resolution}|{data.split}|v1"
-
-
+# -- captions ------------------------------------------------------------------------------------------------------
 def captions_for(records: list[Record], idx: list[int], sampler: CaptionSampler, seed: int, step: int) -> list[str]:
     return [sampler(records[i], random.Random(f"{seed}:{step}:{j}:{i}")) for j, i in enumerate(idx)]
 

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.dataset import EMOJI_TEMPLATES, CaptionSampler
+from ..data.pixels import PixelCache
 from ..errors import LatentDiffError
 from ..fileio import atomic_write, read_json, read_safetensors, save_safetensors, write_json
 from ..models.unet import UNet
@@ -34,11 +36,10 @@ from ..runtime import default_device
 from .accelerator import new_accelerator
 from .checkpoints import RunFolder, check_same_architecture, load_training_state, save_training_state
 from .config import StageConfig, TrainConfig, load_config
-from .data import EMOJI_TEMPLATES, CaptionSampler
 from .ema import EMA
 from .loop import LoopSettings, resume_step, train_loop
 from .loss import DiffusionLoss, LossConfig
-from .parts import (SCHEDULER, DecoderTrainee, Denoiser, PixelCache, TokenCache, VAETrainee, build_text_encoder, build_vae,
+from .parts import (SCHEDULER, DecoderTrainee, Denoiser, TokenCache, VAETrainee, build_text_encoder, build_vae,
                     captions_for, make_components, sample_grid, save_grid)
 from .schedule import lr_factor
 

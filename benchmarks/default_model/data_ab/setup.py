@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from latentdiff.training.checkpoints import RunFolder
 from latentdiff.training.config import load_config
-from latentdiff.training.parts import PixelCache
+from latentdiff.data.pixels import PixelCache
 from latentdiff.training.stages import encode_latents, load_trained_vae, vae_arch
 
 ASSET = Path(__file__).resolve().parents[3] / "latentdiff" / "assets" / "default" / "vae"

@@ -1,4 +1,4 @@
-"""Image-caption datasets for training: folder scanning, varied captions, resizing and aspect buckets.
+"""Image-caption datasets: folder scanning, varied captions, resizing and aspect buckets.
 
 A dataset folder is either of the two common conventions, freely mixed, in the folder itself and in
 its immediate sub-folders (one level, so kohya's ``10_name/`` folders work):
@@ -38,8 +38,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from latentdiff.errors import LatentDiffError
-from latentdiff.imaging import to_tensor
-from latentdiff.imaging import WHITE, flatten_alpha
+from latentdiff.imaging import WHITE, flatten_alpha, to_tensor
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Small LoRA demo sets made from a captioned image folder (the emoji set of `latentdiff data emoji`).
 
-    python -m latentdiff.training.lora_demo subject data/emoji data/emoji-merman --name merman
-    python -m latentdiff.training.lora_demo sketch data/emoji data/emoji-sketch --count 40
+    latentdiff data lora-demo subject data/emoji data/emoji-merman --name merman
+    latentdiff data lora-demo sketch data/emoji data/emoji-sketch --count 40
 
 * subject: every image whose caption starts with the name (e.g. the six skin tones of "merman", an emoji family
   the default model holds out and never saw), captions kept, so the LoRA teaches a new subject;
@@ -11,16 +11,15 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 import shutil
 from pathlib import Path
 
 from PIL import Image, ImageFilter, ImageOps
 
+from ..data.dataset import scan_folder
 from ..errors import LatentDiffError
 from ..imaging import flatten_alpha
-from .data import scan_folder
 
 STYLE_SUFFIX = ", sketch style"
 
@@ -62,27 +61,3 @@ def make_subject_set(src: str | Path, dst: str | Path, *, name: str, progress: b
         (dst / f"{i:04d}.txt").write_text(r.text, encoding="utf-8")
     return len(chosen)
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kind", choices=["subject", "sketch"])
-    p.add_argument("src", help="captioned image folder (e.g. data/emoji)")
-    p.add_argument("dst", help="folder to write the demo set to")
-    p.add_argument("--name", default="merman", help="subject: the caption (before any ':') to collect")
-    p.add_argument("--count", type=int, default=40, help="sketch: how many images")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    try:
-        if args.kind == "subject":
-            n = make_subject_set(args.src, args.dst, name=args.name)
-        else:
-            n = make_sketch_set(args.src, args.dst, count=args.count, seed=args.seed)
-    except LatentDiffError as e:
-        print(f"error: {e}")
-        return 2
-    print(f"{n} images in {args.dst}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -42,17 +42,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from latentdiff.data.npm import default_cache_dir, fetch_tarball, find_tarball, open_tarball
 from latentdiff.errors import LatentDiffError
 from latentdiff.fileio import atomic_folder
 from latentdiff.imaging import WHITE, flatten_alpha
@@ -203,74 +200,12 @@ def render_image(data: bytes, size: int, background: tuple[int, int, int] = WHIT
     return canvas
 
 
-def default_cache_dir() -> Path:
-    """~/.cache/latentdiff/npm, or under $XDG_CACHE_HOME."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentdiff" / "npm"
-
-
-def _tarball_name(package: tuple[str, str, str]) -> str:
-    return f"{package[2]}-{package[1]}.tgz"
-
-
-def find_tarball(folder: Path, package: tuple[str, str, str]) -> Path:
-    """The pinned tarball in folder (or the only other version of it there)."""
-    exact = folder / _tarball_name(package)
-    if exact.is_file():
-        return exact
-    others = sorted(folder.glob(f"{package[2]}-[0-9]*.tgz"))
-    if len(others) == 1:
-        return others[0]
-    raise LatentDiffError(f"{_tarball_name(package)} not found in {folder} (get it with "
-                          f"`npm pack {package[0]}@{package[1]}`)")
-
-
-def npm_failure_cause(stderr: str) -> str:
-    """The line of npm's error output that names the cause (error code, reason), not its log-file footer."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    lines = [line.removeprefix("npm error").removeprefix("npm ERR!").strip() for line in lines]
-    lines = [line for line in lines if line and "complete log of this run" not in line]
-    for marker in ("reason:", "code ", "404"):
-        for line in lines:
-            if marker in line:
-                return line
-    return lines[-1] if lines else "no output"
-
-
-def fetch_tarball(package: tuple[str, str, str], cache_dir: Path) -> Path:
-    """The package tarball from the cache, downloaded there with `npm pack` if absent."""
-    target = cache_dir / _tarball_name(package)
-    if target.is_file():
-        return target
-    hint = (f"download it where the registry is reachable (`npm pack {package[0]}@{package[1]}`) and pass "
-            f"--tarballs DIR holding {target.name}")
-    npm = shutil.which("npm")
-    if npm is None:
-        raise LatentDiffError(f"npm not found: install Node.js, or {hint}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
-        done = subprocess.run([npm, "pack", f"{package[0]}@{package[1]}", "--pack-destination", tmp],
-                              capture_output=True, text=True)
-        packed = Path(tmp) / target.name
-        if done.returncode != 0 or not packed.is_file():
-            cause = npm_failure_cause(done.stderr) if done.returncode != 0 else f"no {target.name} written"
-            raise LatentDiffError(f"npm pack {package[0]}@{package[1]} failed ({cause}); {hint}")
-        packed.replace(target)
-    return target
-
-
 def _read_json(tar: tarfile.TarFile, name: str) -> object:
     try:
         member = tar.getmember(name)
     except KeyError:
         raise LatentDiffError(f"{tar.name}: no {name} inside; is this the emojibase-data tarball?") from None
     return json.load(tar.extractfile(member))
-
-
-def _open_tar(path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as e:
-        raise LatentDiffError(f"cannot read tarball {path}: {e}") from None
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -318,7 +253,7 @@ def build_emoji_dataset(
     images = [(emoji_set, get(emoji_set.package)) for emoji_set in chosen]
     labels_tgz = get(LABELS_PACKAGE)
 
-    with _open_tar(labels_tgz) as tar:
+    with open_tarball(labels_tgz) as tar:
         index = emojibase_index(_read_json(tar, "package/en/data.json"), _read_json(tar, "package/meta/groups.json"))
     with atomic_folder(out_dir, prefix="building-") as tmp:
         report = _write_dataset(images, index, tmp, size, background, progress)
@@ -326,7 +261,7 @@ def build_emoji_dataset(
                           f"{s.source}.\n" for s, tgz in images)
         (tmp / "SOURCES.txt").write_text(
             sources + f"Captions: npm {LABELS_PACKAGE[0]}@{LABELS_PACKAGE[1]} ({labels_tgz.name}), MIT, CLDR labels and tags.\n"
-            f"Built by latentdiff.training.emoji: {size}x{size} PNG on background {background}; "
+            f"Built by latentdiff.data.emoji: {size}x{size} PNG on background {background}; "
             f"hold-out = sha256(base codepoints) % {HOLDOUT_MODULUS} == 0.\n", encoding="utf-8")
         (tmp / MARKER).write_text(json.dumps({"builder": "latentdiff data emoji", "sets": list(sets), "size": size})
                                   + "\n", encoding="utf-8")
@@ -336,7 +271,7 @@ def build_emoji_dataset(
 
 def _read_renders(images_tgz: Path, emoji_set: EmojiSet) -> dict[str, bytes]:
     """File name → image bytes for every image of the set in the tarball, read in archive order (one pass)."""
-    with _open_tar(images_tgz) as tar:
+    with open_tarball(images_tgz) as tar:
         renders = {Path(m.name).name: tar.extractfile(m).read() for m in tar
                    if m.isfile() and m.name.startswith(emoji_set.folder) and m.name.endswith(emoji_set.suffix)
                    and "/" not in m.name[len(emoji_set.folder):]}
