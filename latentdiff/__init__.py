@@ -7,9 +7,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LatentDiffusionPipeline": "latentdiff.pipelines.text_to_image",
-    "PipelineOutput": "latentdiff.pipelines.text_to_image",
-    "GenerationParams": "latentdiff.pipelines.params",
+    "LatentDiffusionPipeline": "latentdiff.pipelines.pipeline",
+    "PipelineOutput": "latentdiff.pipelines.base",
+    "GenerationParams": "latentdiff.pipelines.png_metadata",
     "UNet": "latentdiff.models.unet",
     "UNetConfig": "latentdiff.models.unet",
     "load_components": "latentdiff.checkpoints",

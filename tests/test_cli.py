@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import run
 from latentdiff.hashes import model_hash
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
 ARGS = ["--steps", "3", "--seed", "11", "--dtype", "fp32", "--guidance", "5"]
@@ -218,8 +218,8 @@ def test_two_runs_in_one_folder_keep_both_images(tmp_path, monkeypatch, tiny_fol
     import threading
 
     from latentdiff.cli.common import output_paths, save_outputs
-    from latentdiff.pipelines.params import GenerationParams, save_png_numbered
-    from latentdiff.pipelines.text_to_image import PipelineOutput
+    from latentdiff.pipelines.png_metadata import GenerationParams, save_png_numbered
+    from latentdiff.pipelines.base import PipelineOutput
 
     monkeypatch.chdir(tmp_path)
     red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
@@ -253,7 +253,7 @@ def test_two_runs_in_one_folder_keep_both_images(tmp_path, monkeypatch, tiny_fol
 
 def test_non_finite_numbers_are_refused_by_the_python_api(tiny_folder, tmp_path):
     from latentdiff.errors import LatentDiffError
-    from latentdiff.pipelines.params import GenerationParams
+    from latentdiff.pipelines.png_metadata import GenerationParams
 
     with pytest.raises(LatentDiffError, match="non-finite generation parameters .guidance_scale"):
         GenerationParams("a cat", guidance_scale=float("nan")).to_json()

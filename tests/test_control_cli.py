@@ -15,7 +15,7 @@ from latentdiff.checkpoints.controlnet import save_controlnet_single_file
 from latentdiff.cli.control import MODULES
 from latentdiff.pipelines import control_images
 from latentdiff.pipelines.control import ControlUnit
-from latentdiff.pipelines.params import parse_a1111
+from latentdiff.pipelines.png_metadata import parse_a1111
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 from test_controlnet_model import random_controlnet
 

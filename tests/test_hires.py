@@ -12,7 +12,7 @@ from PIL import Image
 from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.pipelines.hires import HiresFix, hires_fix, second_pass_steps
-from latentdiff.pipelines.params import parse_a1111, read_png_params
+from latentdiff.pipelines.png_metadata import parse_a1111, read_png_params
 from latentdiff.pipelines.replay import from_a1111
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 

@@ -13,7 +13,7 @@ from PIL import Image
 from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.pipelines.images import load_image, snap_size
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.samplers import make_scheduler
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 

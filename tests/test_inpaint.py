@@ -16,7 +16,7 @@ from latentdiff.checkpoints import load_components, save_diffusers_folder
 from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.pipelines.images import feather, load_image, load_mask, overlay
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.samplers import make_scheduler
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 

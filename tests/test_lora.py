@@ -13,7 +13,7 @@ from latentdiff.lora.attach import component_modules, random_state
 from latentdiff.lora.formats import kohya_name, to_kohya
 from latentdiff.lora.io import LoraMetadata, read_lora, save_lora
 from latentdiff.lora.manager import LoraManager
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 
 from conftest import tiny_components
 

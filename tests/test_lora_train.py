@@ -11,7 +11,7 @@ from safetensors import safe_open
 from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
 from latentdiff.lora.io import read_lora
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.training.lora import LoraTrainConfig, load_config, train_lora
 
 

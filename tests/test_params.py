@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from latentdiff.checkpoints import file_hash
 from latentdiff.hashes import lora_hash, model_hash
-from latentdiff.pipelines.params import GenerationParams, parse_a1111
+from latentdiff.pipelines.png_metadata import GenerationParams, parse_a1111
 from latentdiff.pipelines.samplers import SAMPLERS, a1111_fields, sampler_from_a1111
 
 # our sampler → the fields we write → what A1111 ≥ 1.9 reads them as: (sampler, schedule it draws with)

@@ -138,3 +138,17 @@ def test_sampling_records_no_autograd_graph(pipe):
     finally:
         handle.remove()
     assert seen and set(seen) == {(False, False)}
+
+
+def test_the_modes_are_methods_with_explicit_signatures():
+    import inspect
+
+    import latentdiff
+    from latentdiff import pipelines
+    from latentdiff.pipelines.hires import hires_fix
+
+    assert latentdiff.LatentDiffusionPipeline is pipelines.LatentDiffusionPipeline is LatentDiffusionPipeline
+    for mode in (LatentDiffusionPipeline.__call__, LatentDiffusionPipeline.img2img, LatentDiffusionPipeline.inpaint, hires_fix):
+        params = inspect.signature(mode).parameters.values()
+        assert mode.__doc__ and not any(p.kind is p.VAR_KEYWORD for p in params), mode.__name__
+        assert {"num_inference_steps", "guidance_scale", "sampler", "seed", "controls"} <= {p.name for p in params}

@@ -13,7 +13,7 @@ from latentdiff.cli import main
 from latentdiff.hashes import lora_hash, model_hash
 from latentdiff.lora.attach import random_state
 from latentdiff.lora.io import save_lora
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.replay import apply_replay, from_a1111
 
 ARGS = ["--steps", "2", "--seed", "11", "--guidance", "5", "--width", "48", "--height", "64"]
@@ -182,7 +182,7 @@ def test_a1111_text_without_settings_or_with_unknown_sampler(tmp_path):
 
 
 def test_an_fp16_png_replays_in_fp32_on_a_cpu_with_a_note(tmp_path):
-    from latentdiff.pipelines.params import GenerationParams, save_png
+    from latentdiff.pipelines.png_metadata import GenerationParams, save_png
 
     png = save_png(Image.new("RGB", (64, 64)), GenerationParams(prompt="a cat", steps=4, dtype="float16", model="default"),
                    tmp_path / "half.png")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from latentdiff.cli import main
 from latentdiff.errors import LatentDiffError
-from latentdiff.pipelines.params import GenerationParams, read_png_params
+from latentdiff.pipelines.png_metadata import GenerationParams, read_png_params
 from latentdiff.pipelines.replay import from_a1111
 from latentdiff.pipelines.samplers import SAMPLERS, make_scheduler
 

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from helpers import run
 from latentdiff.checkpoints import ldm_keys as K
-from latentdiff.pipelines.params import read_png_params
+from latentdiff.pipelines.png_metadata import read_png_params
 from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 
 ARGS = ["--steps", "4", "--seed", "3", "--dtype", "fp32", "--guidance", "5", "--sampler", "euler"]

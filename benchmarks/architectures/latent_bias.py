@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
 from latentdiff.data.dataset import ImageCaptionDataset
+from latentdiff.pipelines import LatentDiffusionPipeline
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+from latentdiff.pipelines import LatentDiffusionPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a cat in a spacesuit", "cat face", "astronaut", "grinning face", "red apple", "rocket",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from latentdiff.evaluation.evaluate import evaluate, get_judge, load_real
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+from latentdiff.pipelines import LatentDiffusionPipeline
 
 SETTINGS = [  # (sampler, steps, guidance)
     ("dpmpp_2m", 25, 7.5), ("dpmpp_2m", 15, 7.5), ("dpmpp_2m", 10, 7.5),

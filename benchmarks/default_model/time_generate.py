@@ -23,8 +23,8 @@ import json, time, sys
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
-from latentdiff.pipelines.params import save_png
+from latentdiff.pipelines import LatentDiffusionPipeline
+from latentdiff.pipelines.png_metadata import save_png
 t2 = time.perf_counter()
 from latentdiff.checkpoints.loader import ASSETS
 pipe = LatentDiffusionPipeline.from_pretrained(ASSETS / "default")

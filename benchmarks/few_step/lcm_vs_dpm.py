@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from latentdiff.bench import harness  # noqa: E402  (the harness ships in the package)
-from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline  # noqa: E402
+from latentdiff.pipelines import LatentDiffusionPipeline  # noqa: E402
 
 PROMPT, NEGATIVE = "a photo of a red fox in the snow, detailed", "blurry, low quality"
 

@@ -59,7 +59,7 @@ def warm_server(runs: int) -> dict:
         requests.post(url, json={"prompt": PROMPT, "seed": 0}).raise_for_status()  # waits for the preload, warms up
         startup = time.perf_counter() - t_start
         from latentdiff.checkpoints.loader import ASSETS
-        from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+        from latentdiff.pipelines import LatentDiffusionPipeline
 
         pipe = LatentDiffusionPipeline.from_pretrained(ASSETS / "default")
         pipe(PROMPT, seed=0, progress=False)

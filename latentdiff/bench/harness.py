@@ -187,7 +187,7 @@ class Runner:
                 pipe.enable_xformers_memory_efficient_attention()
             self.unet, self.vae = pipe.unet, pipe.vae
         else:
-            from latentdiff.pipelines.text_to_image import LatentDiffusionPipeline
+            from latentdiff.pipelines import LatentDiffusionPipeline
 
             pipe = LatentDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype, attention=variant.attention,
                                                            fast=variant.fast)

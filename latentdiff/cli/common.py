@@ -158,7 +158,7 @@ def output_paths(out: str | None, count: int) -> list[Path | None]:
 
 def save_outputs(out, paths: list[Path | None]) -> int:
     """Write each image with its parameters (numbered names reserved atomically) and print one line per file."""
-    from ..pipelines.params import save_png, save_png_numbered
+    from ..pipelines.png_metadata import save_png, save_png_numbered
 
     for image, params, path in zip(out.images, out.params, paths):
         written = save_png_numbered(image, params, ".") if path is None else save_png(image, params, path)
@@ -169,9 +169,9 @@ def save_outputs(out, paths: list[Path | None]) -> int:
 def check_request(p, num: int) -> None:
     """Fail on bad sampling settings before any model is loaded (`p`: steps, sampler, guidance, width, height and,
     where given, seed, guidance_rescale, clip_skip)."""
+    from ..pipelines.base import check_size
     from ..pipelines.request import check_guidance, check_seed, generation_bytes
     from ..pipelines.samplers import check_sampler
-    from ..pipelines.text_to_image import check_size
     from ..runtime import check_fits
 
     if num <= 0:

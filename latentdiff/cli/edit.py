@@ -86,7 +86,7 @@ def _sampling(args) -> SimpleNamespace:
 def _load_pipeline(args):
     from ..checkpoints.loader import resolve_model
     from .common import read_embeddings_arg, report_fast
-    from ..pipelines.text_to_image import LatentDiffusionPipeline
+    from ..pipelines import LatentDiffusionPipeline
 
     embeddings = read_embeddings_arg(args)
     pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
@@ -111,7 +111,7 @@ def _save(out, paths) -> int:
 def cmd_img2img(args) -> int:
     from .common import output_paths
     from .control import control_units
-    from ..pipelines.image_to_image import check_strength
+    from ..pipelines.image_latents import check_strength
     from ..pipelines.images import load_image
 
     expected = _apply_replay(args, "img2img")
@@ -133,7 +133,7 @@ def cmd_inpaint(args) -> int:
     from .common import output_paths
     from .control import control_units
     from ..errors import LatentDiffError
-    from ..pipelines.image_to_image import check_strength
+    from ..pipelines.image_latents import check_strength
     from ..pipelines.images import load_image, load_mask
     from ..pipelines.inpaint import check_mask_blur
 

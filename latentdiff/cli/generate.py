@@ -36,9 +36,9 @@ def add_generate_parsers(sub) -> None:
 
 
 def cmd_generate(args) -> int:
-    from ..pipelines.params import GenerationParams
+    from ..pipelines.png_metadata import GenerationParams
     from ..pipelines.replay import apply_replay
-    from ..pipelines.text_to_image import LatentDiffusionPipeline
+    from ..pipelines import LatentDiffusionPipeline
 
     for line in apply_replay(args, "generate")[0] if args.replay else []:  # the PNG's settings unless a flag overrides
         print(line, file=sys.stderr)
@@ -70,7 +70,7 @@ def cmd_generate(args) -> int:
     for path, weight in loras:
         pipe.load_lora(path, weight=weight)
     xl = {}
-    if args.refiner:  # SDXL base → refiner hand-off (pipelines.sdxl.refine checks both are SDXL)
+    if args.refiner:  # SDXL base → refiner hand-off (pipelines.text_to_image.refine checks both are SDXL)
         from ..pipelines.sdxl import check_switch
 
         xl = dict(refiner_switch=check_switch(args.refiner_switch),

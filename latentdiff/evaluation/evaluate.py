@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..defaults import SAMPLING_DEFAULTS
 from ..errors import LatentDiffError
 from .judge import Judge, JudgeConfig, judge_images, train_judge
 from .metrics import frechet_distance
@@ -53,7 +54,8 @@ def get_judge(cache, path: Path, progress: bool = True) -> Judge:
     return judge
 
 
-def evaluate(pipe, cache, judge: Judge, *, steps: int = 25, sampler: str = "dpmpp_2m", guidance: float = 7.5,
+def evaluate(pipe, cache, judge: Judge, *, steps: int = SAMPLING_DEFAULTS["num_inference_steps"],
+             sampler: str = SAMPLING_DEFAULTS["sampler"], guidance: float = SAMPLING_DEFAULTS["guidance_scale"],
              per_prompt: int = 2, seed: int = 0, batch: int = 16, progress: bool = True) -> EvalResult:
     """Generate per_prompt images for every held-out caption and judge them against the real held-out images."""
     held = [i for i, r in enumerate(cache.records) if r.split == "holdout" and r.subgroup in judge.subgroups]
@@ -96,7 +98,7 @@ def main_eval(args) -> int:
     from dataclasses import asdict
 
     from ..checkpoints.loader import resolve_model
-    from ..pipelines.text_to_image import LatentDiffusionPipeline
+    from ..pipelines import LatentDiffusionPipeline
     from ..fileio import write_json
 
     work = Path(args.work_dir)

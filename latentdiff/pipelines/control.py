@@ -90,7 +90,7 @@ class ControlledUNet:
     def config(self):
         return getattr(self.unet, "config", None)
 
-    def __call__(self, x: torch.Tensor, t, context: torch.Tensor, **kwargs) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, context: torch.Tensor, x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
         i, self.calls = self.calls, self.calls + 1
         down = mid = None
         added = ({"text_embeds": self.unet.text_embeds, "time_ids": self.unet.time_ids}  # bound by pipelines.sdxl.condition
@@ -101,7 +101,8 @@ class ControlledUNet:
             d, m = u.residuals(x, t, context, self.guided, added)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        return self.unet(x, t, context, down_block_additional_residuals=down, mid_block_additional_residual=mid, **kwargs)
+        return self.unet(x, t, context, x_self_cond=x_self_cond, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid)
 
 
 def load_net(pipe, model, allow_pickle: bool = False):
@@ -136,7 +137,8 @@ def prepare(pipe, unit: ControlUnit, width: int, height: int, allow_pickle: bool
 
 def controlled_unet(pipe, controls: list[ControlUnit] | None, width: int, height: int, steps: int, guided: bool, unet=None):
     """(the U-Net to sample with, the PNG entries of the units, their JSON records): `unet` (default pipe.unet; any
-    callable taking (x, t, context, **kwargs), e.g. one with added conditioning bound) itself when there are no controls."""
+    callable taking the U-Net's (x, t, context, x_self_cond, down/mid residuals), e.g. one with added conditioning
+    bound) itself when there are no controls."""
     unet = pipe.unet if unet is None else unet
     if not controls:
         return unet, {}, []

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import LatentDiffError
-from .guidance import CFGDenoiser
-from .image_to_image import check_strength, draw_noise, strength_timesteps, vae_encode
-from .prompt_editing import step_contexts, switcher
-from .samplers import make_scheduler
+from .base import Draw, PipelineBase, PipelineOutput, generators
+from .image_latents import check_strength, draw_noise, strength_timesteps, vae_encode
+from .request import Request
 
 # our name → (A1111's "Hires upscaler" label, latent interpolation mode or None for a pixel upscaler, PIL filter)
 UPSCALERS = {
@@ -97,12 +96,17 @@ def upscale(pipe, latents: torch.Tensor, images: list[Image.Image], hires: Hires
 
 
 @torch.no_grad()
-def hires_fix(pipe, prompt, negative_prompt="", *, hires: HiresFix, num_inference_steps: int | None = None,
-              guidance_scale: float | None = None, sampler: str | None = None, schedule: str = "automatic",
-              guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None, **kwargs):
-    """Text-to-image in two passes (pipe(...) at the base size, then the upscaled redraw); PipelineOutput at the final size."""
-    from .text_to_image import PipelineOutput
+def hires_fix(pipe: PipelineBase, prompt: str | list[str], negative_prompt: str | list[str] = "", *, hires: HiresFix,
+              num_inference_steps: int | None = None, guidance_scale: float | None = None, sampler: str | None = None,
+              seed: int | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
+              guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, callback=None,
+              micro_conditioning=None, refiner: PipelineBase | None = None, refiner_switch: float = 0.8,
+              schedule: str = "automatic", controls: list | None = None) -> PipelineOutput:
+    """Text-to-image in two passes (pipe(...) at the base size, then the upscaled redraw); PipelineOutput at the final size.
 
+    hires: the second pass's scale, steps, strength and upscaler. Other arguments as `LatentDiffusionPipeline.__call__`
+    (pipelines.text_to_image.txt2img); `width`, `height` are the first pass's size.
+    """
     captured: list[torch.Tensor] = []
 
     def keep(step, total, latents):
@@ -111,32 +115,27 @@ def hires_fix(pipe, prompt, negative_prompt="", *, hires: HiresFix, num_inferenc
         return callback(step, total, latents) if callback is not None else None
 
     first = pipe(prompt, negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                 sampler=sampler, schedule=schedule, guidance_rescale=guidance_rescale, clip_skip=clip_skip,
-                 progress=progress, callback=keep, **kwargs)
+                 sampler=sampler, seed=seed, height=height, width=width, num_images=num_images,
+                 guidance_rescale=guidance_rescale, clip_skip=clip_skip, progress=progress, callback=keep,
+                 micro_conditioning=micro_conditioning, refiner=refiner, refiner_switch=refiner_switch, schedule=schedule,
+                 controls=controls)
     p0 = first.params[0]
     if not captured:  # the callback stopped the first pass: no second pass, as an interrupt in A1111
         return first
     size = hires.size(p0.width, p0.height, pipe.vae_scale_factor)
     steps = hires.steps or p0.steps
     seeds = [p.seed for p in first.params]
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    gens = generators(seeds)
     latents = upscale(pipe, captured[0], first.images, hires, size, gens)                     # (B, C, H/8, W/8)
-    scheduler = make_scheduler(p0.sampler, pipe.components.scheduler_config, p0.schedule)
-    total = second_pass_steps(steps, hires.strength)
-    scheduler.set_timesteps(total, device=pipe.device)
-    timesteps = strength_timesteps(scheduler, total, hires.strength)
-    guided = p0.guidance_scale > 1.0
-    prompts, negatives = [p.prompt for p in first.params], [p.negative_prompt for p in first.params]
-    context, unet = pipe.condition(prompts, negatives, guided, clip_skip, (size[1], size[0]), kwargs.get("micro_conditioning"))
-    contexts = step_contexts(pipe, prompts, negatives, guided, clip_skip, steps, first=context)  # the second pass's steps
-    from .control import controlled_unet  # ControlNets steer the second pass too, their images fitted to its size (as A1111)
-
-    unet = controlled_unet(pipe, kwargs.get("controls"), size[0], size[1], len(timesteps), guided, unet)[0]
-    model = CFGDenoiser(unet, contexts[0], p0.guidance_scale, guidance_rescale, scheduler=scheduler)
-    noise = draw_noise([torch.Generator("cpu").manual_seed(s) for s in seeds], latents.shape).to(pipe.device, torch.float32)
-    latents = scheduler.add_noise(latents.float(), noise, timesteps[:1].repeat(len(seeds)))  # sampler state in fp32
-    latents = pipe.denoise(latents, scheduler, timesteps, model, gens, progress,
-                           on_step=switcher(model, contexts, len(timesteps)), callback=callback)
+    req = Request([p.prompt for p in first.params], [p.negative_prompt for p in first.params], seeds, p0.sampler, p0.schedule)
+    draw = Draw(req, second_pass_steps(steps, hires.strength), p0.guidance_scale, guidance_rescale, clip_skip, *size)
+    draw.scheduler = pipe.scheduler_for(draw)
+    draw.timesteps = strength_timesteps(draw.scheduler, draw.steps, hires.strength)
+    # ControlNets steer the second pass too, their images fitted to its size (as A1111); prompt editing counts its steps
+    model, on_step, _, _ = pipe.guided_model(draw, micro_conditioning, controls, edit_steps=steps)
+    noise = draw_noise(generators(seeds), latents.shape).to(pipe.device, torch.float32)
+    latents = draw.scheduler.add_noise(latents.float(), noise, draw.timesteps[:1].repeat(len(seeds)))  # sampler state in fp32
+    latents = pipe.denoise(latents, draw.scheduler, draw.timesteps, model, gens, progress, on_step=on_step, callback=callback)
     images = pipe.to_pil(pipe.decode(latents))
     for p in first.params:
         p.extra.update(hires.fields(p0.steps))

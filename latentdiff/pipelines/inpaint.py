@@ -17,12 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LatentDiffError
-from .control import controlled_unet, with_controls
-from .guidance import CFGDenoiser
-from .image_to_image import check_strength, draw_noise, expand_request, request_params, strength_timesteps, vae_encode
-from .request import check_guidance, check_memory, check_numbers
+from .base import PipelineBase, PipelineOutput
+from .image_latents import check_strength, draw_noise, vae_encode
 from .images import ImageInput, InputImage, InputMask, feather, load_image, load_mask, overlay
-from .samplers import make_scheduler
+from .request import check_numbers
 
 
 def unet_mode(pipe) -> str:
@@ -44,17 +42,16 @@ def check_mask_blur(blur: float, width: int, height: int) -> None:
 
 
 @torch.no_grad()
-def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask: ImageInput | InputMask,
+def inpaint(pipe: PipelineBase, prompt: str | list[str], image: ImageInput | InputImage, mask: ImageInput | InputMask,
             negative_prompt: str | list[str] = "", *, strength: float = 1.0, mask_threshold: float = 0.5,
             mask_blur: float = 0.0, overlay_original: bool = True, num_inference_steps: int | None = None,
             guidance_scale: float | None = None, sampler: str | None = None, seed: int | None = None, width: int | None = None,
             height: int | None = None, num_images: int = 1, guidance_rescale: float = 0.0, clip_skip: int = 0,
             progress: bool = True, callback=None, micro_conditioning=None, schedule: str = "automatic",
-            controls: list | None = None):
+            controls: list | None = None) -> PipelineOutput:
     """Repaint where `mask` is white (value/255 ≥ mask_threshold), guided by `prompt`; keep the rest.
 
     Args:
-        pipe: a LatentDiffusionPipeline.
         image: file path or PIL image; sides not multiples of 8 are resized to the nearest multiple (one warning line).
         mask: file path or PIL image of the image's size (else a one-line error); read as grayscale.
         strength: fraction of the schedule run in (0, 1]; 1 starts the masked region from pure noise.
@@ -63,38 +60,30 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
         overlay_original: paste the input back outside the (feathered) mask, so unmasked pixels farther
             than 3·mask_blur from it are exactly the input's; False gives diffusers' output.
         width, height: resize image and mask to this size first (multiples of 8); default the image's size.
-        Other arguments as LatentDiffusionPipeline.__call__.
+        Other arguments as `LatentDiffusionPipeline.__call__` (pipelines.text_to_image.txt2img).
     Returns:
         PipelineOutput; GenerationParams.extra records strength, the image and mask hashes and the mask settings.
     """
-    from .text_to_image import PipelineOutput, check_size
-
     strength = check_strength(strength)
-    num_inference_steps, guidance_scale, sampler = pipe.sampling_settings(num_inference_steps, guidance_scale, sampler)
     check_numbers(mask_blur=mask_blur, mask_threshold=mask_threshold)
     if mask_blur < 0:
         raise LatentDiffError(f"mask blur must be ≥ 0 pixels, got {mask_blur}")
     if mask_blur and not overlay_original:
         raise LatentDiffError("mask blur feathers the overlay of the original; it has no effect with the overlay off")
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
+    draw = pipe.request(prompt, negative_prompt, num_images=num_images, seed=seed, num_inference_steps=num_inference_steps,
+                        guidance_scale=guidance_scale, sampler=sampler, schedule=schedule, guidance_rescale=guidance_rescale,
+                        clip_skip=clip_skip)
     mode = unet_mode(pipe)
     init = image if isinstance(image, InputImage) else load_image(image, width, height, pipe.vae_scale_factor)
     m = mask if isinstance(mask, InputMask) else load_mask(mask, init, mask_threshold)
     w, h = init.size
-    check_size(w, h, pipe.vae_scale_factor)
     if tuple(m.tensor.shape[-2:]) != (h, w):
         raise LatentDiffError(f"mask is {m.tensor.shape[-1]}x{m.tensor.shape[-2]} but the image is {w}x{h}")
     check_mask_blur(mask_blur, w, h)
-    check_guidance(guidance_scale, guidance_rescale)
-    check_memory(pipe, w, h, len(req.prompts))
-    scheduler = make_scheduler(req.sampler, pipe.components.scheduler_config, req.schedule)
-    scheduler.set_timesteps(num_inference_steps, device=pipe.device)
-    timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
-
-    guided = guidance_scale > 1.0
-    context, unet = pipe.condition(req.prompts, req.negatives, guided, clip_skip, (h, w), micro_conditioning)
-    unet, control_extra, control_units = controlled_unet(pipe, controls, w, h, len(timesteps), guided, unet)
-    gens = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
+    pipe.start(draw, w, h, strength=strength)
+    scheduler, timesteps = draw.scheduler, draw.timesteps
+    model, _, control_extra, control_units = pipe.guided_model(draw, micro_conditioning, controls)  # no prompt editing
+    gens = draw.generators()
     b, f = len(gens), pipe.vae_scale_factor
     pixels = init.tensor.expand(b, -1, -1, -1)  # (B, 3, H, W) in [-1, 1]
     shape = (b, pipe.vae.config.latent_channels, h // f, w // f)
@@ -113,12 +102,11 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     if mode == "concat":
         masked_latents = vae_encode(pipe.vae, masked_pixels, gens).to(pipe.device, pipe.dtype)  # (B, C, h, w)
         cond = torch.cat([latent_mask, masked_latents], dim=1)  # (B, 1 + C, h, w)
-        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, extra_channels=cond, scheduler=scheduler)
+        model.extra_channels = cond  # the 9-channel U-Net's mask and masked image, beside the latents
         on_step = None
     else:
         for g in gens:  # diffusers encodes the masked image here too (unused for 4 channels): make the same draw
             torch.randn(shape[1:], generator=g)
-        model = CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler)
 
         def on_step(i: int, t, x: torch.Tensor) -> torch.Tensor:
             """Put back the known region, noised to the level of the next step (clean after the last)."""
@@ -136,5 +124,4 @@ def inpaint(pipe, prompt: str | list[str], image: ImageInput | InputImage, mask:
     extra = {"Denoising strength": strength, "Init image hash": init.sha, "Mask hash": m.sha,
              "Mask threshold": m.threshold, "Mask blur": mask_blur, "Overlay original": overlay_original,
              "Inpainting": "9-channel U-Net" if mode == "concat" else "latent blending", **control_extra}
-    params = request_params(pipe, req, num_inference_steps, guidance_scale, w, h, guidance_rescale, clip_skip, extra)
-    return PipelineOutput(images, with_controls(params, control_units))
+    return pipe.output(draw, images, extra, control_units)

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import LatentDiffError
 from ..models.prompt_schedule import prompt_schedule, text_at_step
+from .sdxl import encode_texts
 
 
 class StepContexts(list):
@@ -29,8 +30,6 @@ def step_contexts(pipe, prompts: list[str], negatives: list[str], guided: bool, 
 
     def encode(p: list[str], n: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if sdxl:
-            from .sdxl import encode_texts
-
             return encode_texts(pipe, p, n, guided, clip_skip)  # (n, T, D), (n, P)
         return pipe.encode_text(p, n, guided, clip_skip), None
 

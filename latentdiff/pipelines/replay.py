@@ -15,9 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..defaults import DEFAULT_SAMPLER
 from ..errors import LatentDiffError
 from ..hashes import legacy_model_hash, lora_hash, model_hash
-from .params import JSON_KEY, GenerationParams, parse_a1111
+from .png_metadata import JSON_KEY, GenerationParams, parse_a1111
 from .samplers import sampler_from_a1111, schedule_from_a1111
 
 # flags whose parser default is not None: given on the command line when the value differs from these
@@ -93,8 +94,8 @@ def from_a1111(text: str, png: Path = Path(".")) -> ReplaySource:
     sampler, sampler_notes = sampler_from_a1111(kv)
     notices += sampler_notes
     if sampler is None:
-        sampler = "dpmpp_2m"
-        notices[-1] += "; drawing with dpmpp_2m"
+        sampler = DEFAULT_SAMPLER
+        notices[-1] += f"; drawing with {DEFAULT_SAMPLER}"
     width, _, height = kv.get("Size", "512x512").partition("x")
     p = GenerationParams(prompt=prompt, negative_prompt=negative, sampler=sampler, schedule=schedule_from_a1111(kv),
                          steps=int(_number(kv.get("Steps"), 20, "Steps", notices)),

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import LatentDiffError
-from .params import GenerationParams
+from .png_metadata import GenerationParams
 from .samplers import check_sampler, check_schedule, schedule_options
 
 

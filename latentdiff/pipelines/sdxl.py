@@ -1,13 +1,12 @@
-"""SDXL through the ordinary pipeline: its conditioning as a U-Net wrapper, and the base → refiner hand-off.
+"""SDXL through the ordinary pipeline: its text conditioning as a U-Net wrapper, and the refiner hand-off's switch point.
 
 `condition` returns what `LatentDiffusionPipeline.condition` returns for SD1/SD2, (context, model), with the model
 being the U-Net with SDXL's added conditioning (pooled text, micro-conditioning numbers) bound, so the samplers,
-guidance and img2img/inpaint code are the same for every family.
+guidance and img2img/inpaint code are the same for every family. The base → refiner hand-off itself is
+`pipelines.text_to_image.refine`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -16,7 +15,7 @@ from ..models.sdxl_text import MicroConditioning, encode_sdxl
 
 
 class AddedCondUNet:
-    """The U-Net called as unet(x, t, context, **kw), with SDXL's added_cond_kwargs for the [uncond; cond] batch bound."""
+    """The U-Net called as unet(x, t, context, ...), with SDXL's added_cond_kwargs for the [uncond; cond] batch bound."""
 
     def __init__(self, unet, text_embeds: torch.Tensor, time_ids: torch.Tensor):
         self.unet, self.text_embeds, self.time_ids = unet, text_embeds, time_ids  # (n, P), (n, k)
@@ -25,9 +24,14 @@ class AddedCondUNet:
     dtype = property(lambda self: self.unet.dtype)
     device = property(lambda self: self.unet.device)
 
-    def __call__(self, x: torch.Tensor, t, context: torch.Tensor, **kwargs) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t, context: torch.Tensor, x_self_cond: torch.Tensor | None = None,
+                 down_block_additional_residuals: list[torch.Tensor] | None = None,
+                 mid_block_additional_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net's call (models.unet.UNet.forward) with the added conditioning filled in."""
         added = {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
-        return self.unet(x, t, context, added_cond_kwargs=added, **kwargs)
+        return self.unet(x, t, context, x_self_cond=x_self_cond, added_cond_kwargs=added,
+                         down_block_additional_residuals=down_block_additional_residuals,
+                         mid_block_additional_residual=mid_block_additional_residual)
 
 
 def encoders(pipe) -> tuple[list, list]:
@@ -93,66 +97,3 @@ def check_switch(fraction: float) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
         raise LatentDiffError(f"--refiner-switch must be in (0, 1), got {fraction}")
     return float(fraction)
-
-
-@torch.no_grad()
-def refine(base, refiner, prompt, negative_prompt="", *, switch: float = 0.8, num_inference_steps: int, guidance_scale: float,
-           sampler: str, seed: int | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
-           guidance_rescale: float = 0.0, clip_skip: int = 0, progress: bool = True, micro_conditioning=None,
-           refiner_micro_conditioning=None, schedule: str = "automatic"):
-    """Base → refiner (SDXL §2.5): the base denoises the timesteps ≥ the switch cutoff, the refiner the rest from its latents.
-
-    Same numbers as diffusers' base(denoising_end=switch, output_type="latent") then refiner(image=latents,
-    denoising_start=switch) with the same generators: the refiner continues each image's generator.
-    """
-    from .guidance import CFGDenoiser
-    from .request import check_guidance, check_memory, expand_request, request_params
-    from .samplers import make_scheduler
-    from .text_to_image import PipelineOutput, check_size
-
-    switch = check_switch(switch)
-    for name, p in (("base", base), ("refiner", refiner)):
-        if not p.components.is_sdxl:
-            raise LatentDiffError(f"the {name} model is not an SDXL model; the refiner hand-off needs SDXL base and refiner")
-    if refiner.vae.config.latent_channels != base.unet.config.out_channels or refiner.unet.config.in_channels != base.unet.config.out_channels:
-        raise LatentDiffError("the refiner's latents do not match the base's (an inpainting U-Net cannot refine)")
-    native = base.unet.config.sample_size * base.vae_scale_factor
-    height, width = height or native, width or native
-    check_size(width, height, base.vae_scale_factor)
-    check_guidance(guidance_scale, guidance_rescale)
-    req = expand_request(prompt, negative_prompt, num_images, seed, num_inference_steps, sampler, schedule)
-    check_memory(base, width, height, len(req.prompts))
-    from ..models.prompt_schedule import prompt_schedule
-
-    if any([s[1] for s in prompt_schedule(t, num_inference_steps)] != [t] for t in req.prompts + req.negatives):
-        raise LatentDiffError("prompt editing [from:to:when] and alternation [a|b] do not cross the refiner hand-off yet; "
-                              "draw without --refiner")
-    guided = guidance_scale > 1.0
-
-    scheduler = make_scheduler(req.sampler, base.components.scheduler_config, req.schedule)
-    scheduler.set_timesteps(num_inference_steps, device=base.device)
-    cutoff = switch_timestep(scheduler, switch)
-    base_steps = scheduler.timesteps[: int((scheduler.timesteps >= cutoff).sum())]
-    context, unet = base.condition(req.prompts, req.negatives, guided, clip_skip, (height, width), micro_conditioning)
-    latents, gens = base.initial_noise(req.seeds, height, width)
-    latents = latents * scheduler.init_noise_sigma
-    latents = base.denoise(latents, scheduler, base_steps, CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler),
-                           gens, progress)
-
-    scheduler = make_scheduler(req.sampler, refiner.components.scheduler_config, req.schedule)
-    scheduler.set_timesteps(num_inference_steps, device=refiner.device)
-    kept = int((scheduler.timesteps < cutoff).sum())
-    if scheduler.order == 2 and kept % 2 == 0:
-        kept += 1  # end after a second-order step's second half, as diffusers
-    start = len(scheduler.timesteps) - kept
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start)
-    context, unet = refiner.condition(req.prompts, req.negatives, guided, clip_skip, (height, width), refiner_micro_conditioning)
-    latents = latents.to(refiner.device, refiner.dtype)
-    latents = refiner.denoise(latents, scheduler, scheduler.timesteps[start:],
-                              CFGDenoiser(unet, context, guidance_scale, guidance_rescale, scheduler=scheduler), gens, progress)
-    images = refiner.to_pil(refiner.decode(latents))
-    name = Path(refiner.model_name).stem  # A1111 writes "Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.8"
-    extra = {"Refiner": f"{name} [{refiner.model_hash}]" if refiner.model_hash else name, "Refiner switch at": switch}
-    return PipelineOutput(images, request_params(base, req, num_inference_steps, guidance_scale, width, height, guidance_rescale, clip_skip,
-                                                   extra))

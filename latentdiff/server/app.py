@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import PngImagePlugin
 
 from ..errors import LatentDiffError
-from ..pipelines.params import JSON_KEY
+from ..pipelines.png_metadata import JSON_KEY
 from .a1111 import (Img2ImgRequest, Limits, OptionsUpdate, PngInfoRequest, Txt2ImgRequest, decode_image, parse_parameters,
                     samplers_list, schedulers_list, to_job)
 from .worker import Catalog, Worker

@@ -199,7 +199,7 @@ class Worker:
     # -- models (worker thread only) --------------------------------------------------------------------------------
     def pipe(self, name: str | None = None):
         """The named pipeline (loaded on first use, LRU cache of `cache` models), or the current one."""
-        from ..pipelines.text_to_image import LatentDiffusionPipeline
+        from ..pipelines import LatentDiffusionPipeline
 
         name = self.catalog.find_model(name).name if name else (self.current or self.catalog.first)
         if name is None:
@@ -230,7 +230,7 @@ class Worker:
 
     def generate(self, job: Job):
         """Run one A1111 job: n_iter batches of batch_size images, seeds seed + n·batch_size + i, as A1111."""
-        from ..pipelines.text_to_image import PipelineOutput
+        from ..pipelines.base import PipelineOutput
 
         pipe, preview = self.pipe(job.model)
         self._set_loras(pipe, job.loras)

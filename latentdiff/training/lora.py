@@ -77,7 +77,7 @@ class LoraTrainer:
     def _load_model(self, components) -> None:
         from ..checkpoints.loader import resolve_model
         from ..lora.io import weights_hash
-        from ..pipelines.text_to_image import LatentDiffusionPipeline
+        from ..pipelines import LatentDiffusionPipeline
 
         cfg = self.cfg
         # Building the pipeline first moves and casts the frozen parts (VAE upcast to fp32 under fp16, as for sampling);
@@ -277,7 +277,7 @@ class LoraTrainer:
 
     def validate(self, step: int) -> list[Path]:
         """Draw the validation prompts with the adapter as it is now; PNGs with parameters in <output_dir>/validation."""
-        from ..pipelines.params import save_png
+        from ..pipelines.png_metadata import save_png
 
         cfg = self.cfg
         if not cfg.validation_prompts or not self.acc.is_main_process:

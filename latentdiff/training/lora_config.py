@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 
+from ..defaults import SAMPLING_DEFAULTS
 from ..errors import LatentDiffError
 
 ADAPTER = "latentdiff"          # peft adapter name of the LoRA being trained
@@ -75,8 +76,8 @@ class LoraTrainConfig:
     validation_prompts: list[str] = field(default_factory=list)
     validation_every: int = 0                   # steps; 0 = only at the end (when prompts are given)
     validation_steps: int = 20
-    validation_sampler: str = "dpmpp_2m"
-    validation_guidance: float = 7.5
+    validation_sampler: str = SAMPLING_DEFAULTS["sampler"]
+    validation_guidance: float = SAMPLING_DEFAULTS["guidance_scale"]
     validation_seed: int = 0
 
     def check(self) -> "LoraTrainConfig":

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..defaults import DEFAULT_SAMPLER
 from ..fileio import atomic_write
 from ..imaging import grid, to_unit
 from ..models.unet import UNet
@@ -119,10 +120,10 @@ def make_components(cfg, vae, unet: UNet, text_encoder, scale: float):
 
 def sample_grid(components, prompts: list[str], path: Path, *, steps: int = 20, guidance: float = 5.0, seed: int = 0) -> None:
     """Generate one image per prompt with the pipeline and save them side by side."""
-    from ..pipelines.text_to_image import LatentDiffusionPipeline
+    from ..pipelines import LatentDiffusionPipeline
 
     pipe = LatentDiffusionPipeline(components, device=default_device(), dtype=torch.float32)
-    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, sampler="dpmpp_2m", seed=seed, progress=False)
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, sampler=DEFAULT_SAMPLER, seed=seed, progress=False)
     save_grid(to_unit(out.images), path, cols=len(prompts))
 
 

@@ -1,4 +1,4 @@
-"""Generation parameters carried inside every PNG: an A1111 `parameters` text chunk plus a JSON chunk."""
+"""PNG metadata: the generation parameters every PNG carries, as an A1111 `parameters` text chunk plus our JSON chunk."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from ..defaults import SAMPLING_DEFAULTS
 from ..errors import LatentDiffError
 from ..fileio import atomic_write, publish
 from .samplers import a1111_fields
@@ -24,10 +25,10 @@ class GenerationParams:
 
     prompt: str
     negative_prompt: str = ""
-    steps: int = 25
-    sampler: str = "dpmpp_2m"
+    steps: int = SAMPLING_DEFAULTS["num_inference_steps"]
+    sampler: str = SAMPLING_DEFAULTS["sampler"]
     schedule: str = "automatic"     # the sampler's own, or karras, exponential, beta, sgm_uniform, ... (samplers.SCHEDULE_OPTIONS)
-    guidance_scale: float = 7.5
+    guidance_scale: float = SAMPLING_DEFAULTS["guidance_scale"]
     seed: int = 0
     width: int = 512
     height: int = 512
