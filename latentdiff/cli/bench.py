@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import LatentDiffError
+from .common import add_flag
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"  # the source tree's benchmarks/ folder
 WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
@@ -39,7 +40,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", default="", help="comma-separated variant names (default: the device's list; see harness.VARIANTS)")
     p.add_argument("--latent", type=int, default=64, help="latent side of the U-Net CFG step and VAE decode (default 64 = 512²)")
     p.add_argument("--size", type=int, default=512, help="end-to-end image side in pixels (default 512)")
-    p.add_argument("--steps", type=int, default=25, help="end-to-end sampler steps (default 25; say so when you reduce it)")
+    add_flag(p, "--steps", "--num-inference-steps", type=int, default=25, metavar="N",
+             help="end-to-end sampler steps (default 25; say so when you reduce it)")
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--step-warmup", type=int, default=1, help="untimed U-Net steps (default 1)")
     p.add_argument("--step-repeats", type=int, default=5, help="timed U-Net CFG steps, median reported (default 5)")

@@ -36,6 +36,26 @@ def _lora_arg(text: str) -> tuple[str, float]:
     return path, value
 
 
+class _Renamed(argparse.Action):
+    """An old flag spelling that still works for one release: stores into the new flag's dest, with a one-line note
+    (once per command line, however often the flag is repeated)."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.new, self.noted = new, None
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.noted is not namespace:
+            print(f"note: {option_string} is now {self.new}; the old spelling goes away in the next release", file=sys.stderr)
+            self.noted = namespace
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
+    """Accept `old` as a hidden, retired spelling of `new` (same dest): one `note:` line on stderr when it is used."""
+    parser.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def check_flag_numbers(args: argparse.Namespace) -> None:
     """Every float flag must be finite: NaN/inf guidance, strength or blur would draw black pictures and break the PNG's JSON."""
     for dest, value in vars(args).items():
@@ -48,8 +68,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="diffusers folder or .safetensors/.ckpt file (default: the embedded model)")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.bin pickles (loaded with weights_only=True)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="override the model's prediction type")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto: fp16 on CUDA, bf16 on bf16-native CPUs, else fp32)")
+    add_device_args(p)
     p.add_argument("--attention", default="sdpa", help="sdpa, xformers or math")
     p.add_argument("--fast", action="store_const", const=True, default=None,
                    help="also tile the VAE decode of images over 1024 px (the levers BENCHMARKS.md proved for this device "
@@ -61,11 +80,35 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", metavar="PATH", help="a separate VAE (diffusers vae folder or .safetensors) instead of the model's")
 
 
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype, both `auto` by default wherever a model is loaded to draw (generate ... serve)."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto: fp16 on CUDA, bf16 on bf16-native CPUs, else fp32)")
+
+
+def add_flag(p: argparse.ArgumentParser, flag: str, *aliases: str, **kw) -> argparse.Action:
+    """`flag` and its permanent other spellings (README: Names): one dest, the aliases named in the flag's help and
+    hidden from the usage line, so that an error names the spelling that was typed."""
+    if aliases:
+        kw["help"] = "; ".join(filter(None, (kw.get("help"), f"also spelt {', '.join(aliases)}")))
+    action = p.add_argument(flag, **kw)
+    for alias in aliases:
+        p.add_argument(alias, **{**kw, "dest": action.dest, "default": argparse.SUPPRESS, "help": argparse.SUPPRESS})
+    return action
+
+
+def add_steps_guidance(p: argparse.ArgumentParser) -> None:
+    """--steps and --guidance, also spelt as the Python API's arguments."""
+    add_flag(p, "--steps", "--num-inference-steps", type=int, default=None, metavar="N",
+             help="sampler steps (default: the model's generation_config.json, else 25)")
+    add_flag(p, "--guidance", "--guidance-scale", type=float, default=None, metavar="G",
+             help="classifier-free guidance scale (default: the model's generation_config.json, else 7.5)")
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's generation_config.json, else 25)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's generation_config.json, else 7.5)")
+    """The drawing settings; where the Python argument has another name the flag takes it too (--num-images)."""
+    add_flag(p, "--negative", "--negative-prompt", default="", metavar="TEXT", help="negative prompt")
+    add_steps_guidance(p)
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ (0.7 for v-prediction)")
     p.add_argument("--clip-skip", type=int, default=0, help="use the n-th last CLIP layer")
     p.add_argument("--sampler", default=None, help="dpmpp_2m (default, unless the model's generation_config.json says otherwise), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
@@ -74,7 +117,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the PNG)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--num", type=int, default=1, help="images per prompt")
+    add_flag(p, "--num", "--num-images", type=int, default=1, metavar="N", help="images per prompt (default 1)")
     p.add_argument("--lora", action="append", default=[], type=_lora_arg, metavar="PATH[:WEIGHT]", help="LoRA file, repeatable")
     p.add_argument("--out", help="output PNG (default: the next numbered file in the current folder)")
     p.add_argument("--embeddings-dir", metavar="DIR", help="textual-inversion embeddings, used in the prompt by file name (as A1111's folder)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .common import add_renamed
+
 
 def add_profile_parser(sub) -> None:
     """Register the `profile` subcommand."""
@@ -13,11 +15,15 @@ def add_profile_parser(sub) -> None:
     p.add_argument("--tokens", type=int, default=77, help="text tokens (default 77)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per config, taken in turns; the median is reported (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default fp32)")
+    # Unlike the drawing commands (auto), profile defaults to cpu and fp32: a table of latencies is compared with tables
+    # made on other days and machines, so what it runs on must be chosen, never picked from the hardware.
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu, not auto as elsewhere: tables made "
+                                                   "anywhere compare like with like; say --device cuda to time a GPU)")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default fp32, not auto as elsewhere, for the same reason)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--flops-only", action="store_true", help="parameters and FLOPs only, on the meta device (instant)")
-    p.add_argument("--json", metavar="PATH", help="write raw results as JSON")
+    p.add_argument("--out", metavar="PATH", help="write the raw results to this JSON file (as eval and bench)")
+    add_renamed(p, "--json", "--out", "out")
     p.add_argument("--markdown", metavar="PATH", help="write the table as Markdown")
     p.add_argument("--chart", metavar="PATH", help="write a PNG chart of latency vs FLOPs")
     p.set_defaults(func=cmd_profile)
@@ -43,8 +49,8 @@ def cmd_profile(args) -> int:
     print(table, end="")
     if args.markdown:
         write_text_atomic(args.markdown, table)
-    if args.json:
-        write_json(rows, settings, args.json)
+    if args.out:
+        write_json(rows, settings, args.out)
     if args.chart:
         latency_chart(rows, args.chart)
     return 0

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 from ..errors import LatentDiffError
+from .common import add_device_args
 
 
 def add_serve_parser(sub) -> None:
@@ -20,8 +21,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth (needed to bind beyond loopback)")
     s.add_argument("--insecure", action="store_true", help="allow binding beyond loopback without --api-auth")
-    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    s.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    add_device_args(s)
     s.set_defaults(func=cmd_serve)
 
 

@@ -5,22 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-class _Renamed(argparse.Action):
-    """An old flag spelling that still works for one release: stores into the new flag's dest, with a one-line note."""
-
-    def __init__(self, option_strings, dest, new: str = "", **kw):
-        super().__init__(option_strings, dest, **kw)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} is now {self.new}; the old spelling goes away in the next release", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_renamed(parser: argparse.ArgumentParser, old: str, new: str, dest: str) -> None:
-    """Accept `old` as a hidden spelling of `new` (same dest)."""
-    parser.add_argument(old, dest=dest, action=_Renamed, new=new, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+from .common import add_renamed, add_steps_guidance
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,13 +22,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     add_renamed(t, "--out", "--export-dir", "export_dir")
     t.set_defaults(func=run_train)
 
-    e = subparsers.add_parser("eval", help="judge a model on held-out prompts: accuracy and Fréchet distance in the judge's features")
+    e = subparsers.add_parser("eval", help="judge a model on held-out prompts: accuracy and Fréchet distance in the judge's features",
+                              description="Runs on the CPU in fp32 (no --device/--dtype), so its numbers compare across "
+                                          "machines and with the README's.")
     e.add_argument("data", help="dataset folder (output of `latentdiff data emoji`)")
     e.add_argument("--model", default=None, help="model folder (default: the embedded model)")
     e.add_argument("--judge", default=None, help="judge file (trained on real images; built and cached if absent)")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's, as generate)")
-    e.add_argument("--sampler", default=None)
-    e.add_argument("--guidance", type=float, default=None)
+    add_steps_guidance(e)
+    e.add_argument("--sampler", default=None, help="sampler name (default: the model's, as generate)")
     e.add_argument("--per-prompt", type=int, default=2, help="images per held-out emoji")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="write the numbers to this JSON file")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from .common import removed_on_failure
+from .common import add_flag, removed_on_failure
 
 
 def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train-lora`: a YAML recipe (configs/lora-*.yaml) and one flag per LoraTrainConfig field, flags winning."""
+    from ..training.config import KEY_ALIASES
     from ..training.lora_config import LoraTrainConfig
 
     p = subparsers.add_parser(
@@ -21,15 +22,16 @@ def add_train_lora_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="continue from the latest checkpoint in output_dir (or the given checkpoint folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     defaults = LoraTrainConfig()
+    aliases = {key: alias for alias, key in KEY_ALIASES.items()}  # --mixed-precision is also --dtype, as in generate
     for f in fields(LoraTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-") for name in (f.name, aliases.get(f.name)) if name]
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
-            p.add_argument(flag, dest=f"set_{f.name}", action=argparse.BooleanOptionalAction, default=None)
+            add_flag(p, *flags, dest=f"set_{f.name}", action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, list):
-            p.add_argument(flag, dest=f"set_{f.name}", nargs="+", default=None, metavar="VALUE")
+            add_flag(p, *flags, dest=f"set_{f.name}", nargs="+", default=None, metavar="VALUE")
         else:
-            p.add_argument(flag, dest=f"set_{f.name}", type=type(default), default=None, metavar=type(default).__name__.upper())
+            add_flag(p, *flags, dest=f"set_{f.name}", type=type(default), default=None, metavar=type(default).__name__.upper())
     p.set_defaults(func=run_train_lora)
 
 

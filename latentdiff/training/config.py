@@ -35,11 +35,17 @@ LIMITS: dict[str, tuple] = {
 # Other spellings a value may take, the same words the CLI uses (`--dtype fp32` = mixed_precision "no").
 ALIASES: dict[str, dict[str, str]] = {"mixed_precision": {"fp32": "no"}}
 
+# Other spellings a key may take, for good (README: Names): the CLI's word → the recipe's field. `mixed_precision`
+# stays the field (accelerate's, kohya's and diffusers' training scripts' word: fp32 master weights, autocast compute);
+# `dtype` is what generate and the Python API call the same choice, and train-lora takes `--dtype` too.
+KEY_ALIASES: dict[str, str] = {"dtype": "mixed_precision"}
 
-def check_value(name: str, value: Any, default: Any, limits: dict[str, tuple] | None = None) -> Any:
-    """`value` of the kind `default` has and within limits[key]; one line naming the key otherwise. Returns it."""
+
+def check_value(name: str, value: Any, default: Any, limits: dict[str, tuple] | None = None, key: str = "") -> Any:
+    """`value` of the kind `default` has and within limits[key]; one line naming the key otherwise. Returns it.
+    `key` (default: the last part of `name`) is the field whose limits apply when `name` is an alias."""
     limits = LIMITS if limits is None else limits
-    key = name.rsplit(".", 1)[-1]
+    key = key or name.rsplit(".", 1)[-1]
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise LatentDiffError(f"{name} must be true or false, got {value!r}")
@@ -109,11 +115,15 @@ def build(cls: type, values: object, where: str = "", *, unknown: str = "unknown
         raise LatentDiffError(f"config section {where or 'top level'} must be a mapping")
     known = {f.name for f in fields(cls)}
     defaults = cls()
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{where}.{key}" if where else key
+    kwargs, spelt = {}, {}
+    for given, value in values.items():
+        name = f"{where}.{given}" if where else given  # errors name the key as the recipe spells it
+        key = given if given in known else KEY_ALIASES.get(given, given)
         if key not in known:
-            raise LatentDiffError(unknown.format(name=name, key=key))
+            raise LatentDiffError(unknown.format(name=name, key=given))
+        if key in spelt:
+            raise LatentDiffError(f"{spelt[key]} and {name} are one setting; give one of them")
+        spelt[key] = name
         default = getattr(defaults, key)
         value = ALIASES.get(key, {}).get(value, value) if isinstance(value, str) else value
         if is_dataclass(default):
@@ -121,7 +131,7 @@ def build(cls: type, values: object, where: str = "", *, unknown: str = "unknown
         elif convert:
             kwargs[key] = convert_value(name, value, default)
         else:
-            kwargs[key] = check_value(name, value, default, limits)
+            kwargs[key] = check_value(name, value, default, limits, key)
     return cls(**kwargs)
 
 

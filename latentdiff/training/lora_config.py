@@ -60,7 +60,8 @@ class LoraTrainConfig:
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     optimizer: str = "adamw"                    # "adamw" or "adamw8bit" (needs bitsandbytes)
-    mixed_precision: str = "auto"               # auto: fp16 on CUDA, bf16 on bf16-native CPUs, else no (= fp32)
+    mixed_precision: str = "auto"               # = --dtype (key `dtype` too): auto (fp16 on CUDA, bf16 on bf16-native
+                                                # CPUs, else fp32), fp32 (also spelt no), bf16, fp16
     gradient_checkpointing: bool = False
     prediction_type: str = ""                   # override the model's ("v_prediction" for SD2-768)
     min_snr_gamma: float = 0.0                  # https://arxiv.org/abs/2303.09556 (5 is typical)
@@ -130,7 +131,12 @@ def config_from(values: dict) -> LoraTrainConfig:
 def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -> LoraTrainConfig:
     """YAML recipe (optional) with command-line overrides on top."""
     from ..fileio import read_yaml
+    from .config import KEY_ALIASES
 
     values = read_yaml(path) if path else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for alias, key in KEY_ALIASES.items():  # a flag wins over the recipe however the recipe spells the key (dtype:)
+        if key in flags:
+            values.pop(alias, None)
+    values.update(flags)
     return config_from(values)

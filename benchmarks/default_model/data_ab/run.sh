@@ -19,6 +19,6 @@ done
 wait
 for arm in 3d mix; do
   $LD train $HERE/$arm.yaml --stage export
-  $LD eval data/emoji-3d --model runs/ab-data-$arm/model --work runs/eval --json $HERE/eval-$arm.json
+  $LD eval data/emoji-3d --model runs/ab-data-$arm/model --work-dir runs/eval --out $HERE/eval-$arm.json
   cp runs/ab-data-$arm/unet/log.csv $HERE/loss-$arm.csv
 done
