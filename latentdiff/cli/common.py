@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..defaults import SAMPLING_DEFAULTS
 from ..errors import LatentDiffError
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt")
@@ -100,9 +101,9 @@ def add_flag(p: argparse.ArgumentParser, flag: str, *aliases: str, **kw) -> argp
 def add_steps_guidance(p: argparse.ArgumentParser) -> None:
     """--steps and --guidance, also spelt as the Python API's arguments."""
     add_flag(p, "--steps", "--num-inference-steps", type=int, default=None, metavar="N",
-             help="sampler steps (default: the model's generation_config.json, else 25)")
+             help=f"sampler steps (default: the model's generation_config.json, else {SAMPLING_DEFAULTS['num_inference_steps']})")
     add_flag(p, "--guidance", "--guidance-scale", type=float, default=None, metavar="G",
-             help="classifier-free guidance scale (default: the model's generation_config.json, else 7.5)")
+             help=f"classifier-free guidance scale (default: the model's generation_config.json, else {SAMPLING_DEFAULTS['guidance_scale']})")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -111,7 +112,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     add_steps_guidance(p)
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ (0.7 for v-prediction)")
     p.add_argument("--clip-skip", type=int, default=0, help="use the n-th last CLIP layer")
-    p.add_argument("--sampler", default=None, help="dpmpp_2m (default, unless the model's generation_config.json says otherwise), euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
+    p.add_argument("--sampler", default=None, help=f"{SAMPLING_DEFAULTS['sampler']} (default, unless the model's generation_config.json says otherwise), "
+                        "euler_a, euler, ddim, ddpm, pndm, unipc, dpmpp_2m_karras, heun, lms")
     p.add_argument("--schedule", default=None, help="sigma/timestep schedule (A1111's Schedule type): automatic (the sampler's own), "
                    "uniform, karras, exponential, beta, sgm_uniform, simple, trailing, leading, linspace")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, recorded in the PNG)")
