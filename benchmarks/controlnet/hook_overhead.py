@@ -15,12 +15,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import latentdiff.models.unet as current
+from latentdiff.bench.harness import timed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -39,13 +39,8 @@ def module_at(commit: str):
 
 
 def time_calls(fn, reps: int) -> list[float]:
-    """Seconds of each of `reps` calls."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    """Seconds of each of `reps` calls (latentdiff.bench's timer, on the CPU)."""
+    return timed(fn, warmup=0, repeats=reps, device=torch.device("cpu"))["times_s"]
 
 
 def main() -> None:

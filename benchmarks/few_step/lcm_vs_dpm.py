@@ -27,17 +27,12 @@ from latentdiff.pipelines import LatentDiffusionPipeline  # noqa: E402
 PROMPT, NEGATIVE = "a photo of a red fox in the snow, detailed", "blurry, low quality"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = harness.log
 
 
 def clock(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    """Seconds of each of `repeats` calls (latentdiff.bench's timer, on the CPU)."""
+    return harness.timed(fn, warmup=0, repeats=repeats, device=torch.device("cpu"))["times_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
