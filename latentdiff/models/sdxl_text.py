@@ -114,28 +114,25 @@ def encode_sdxl(tokenizers: list, encoders: list, prompts: list[str], *, clip_sk
 
 def encode_sdxl_trainable(tokenizers: list, encoders: list, prompts: list[str], *,
                           clip_skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts → (context (B, 77·k, ΣD), pooled (B, P)) with one or two encoders; the last one gives the pooled text.
+    """Captions → (context (B, 77, ΣD), pooled (B, P)) with one or two encoders; the last one gives the pooled text.
 
     Gradients flow (LoRA training of the text encoders); captions are plain text, no A1111 emphasis (as kohya's
-    default). A prompt of up to 75 tokens gives exactly diffusers' embeddings. Longer prompts are cut into 75-token chunks,
-    each encoded with BOS/EOS and concatenated along the sequence (A1111); the pooled text is the first chunk's.
+    default). A caption of up to 75 tokens gives exactly diffusers' embeddings; a longer one is cut to its first 75
+    tokens, as SD1/SD2 training cuts it (only that chunk is encoded: no forward pass is spent on the rest).
     """
     if clip_skip < 0:
         raise LatentDiffError(f"--clip-skip must be ≥ 0, got {clip_skip}")
-    chunks = [[token_chunks(tok, p) for p in prompts] for tok in tokenizers]  # per encoder, per prompt
-    k = max(len(c) for per_enc in chunks for c in per_enc)
     hidden, pooled = [], None
-    for i, (tok, enc, per_prompt) in enumerate(zip(tokenizers, encoders, chunks)):
+    for i, (tok, enc) in enumerate(zip(tokenizers, encoders)):
         layers = enc.config.num_hidden_layers
         layer = hidden_layer(clip_skip, i == 0 and len(encoders) == 2)
         if -layer > layers:
             raise LatentDiffError(f"--clip-skip {clip_skip} is beyond the text encoder's {layers} layers")
-        ids = [chunk_ids(tok, c[j] if j < len(c) else []) for c in per_prompt for j in range(k)]
+        ids = [chunk_ids(tok, token_chunks(tok, p)[0]) for p in prompts]  # the first 75-token chunk
         out = enc(torch.tensor(ids, device=enc.device), output_hidden_states=True)
-        h = out.hidden_states[layer]  # (B·k, 77, D_i)
-        hidden.append(h.reshape(len(prompts), k * h.shape[1], h.shape[2]))  # (B, 77·k, D_i)
-        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds (B·k, P)
-            pooled = out[0].reshape(len(prompts), k, -1)[:, 0]  # (B, P), the first chunk's
+        hidden.append(out.hidden_states[layer])  # (B, 77, D_i)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds (B, P)
+            pooled = out[0]
     if pooled is None:
         raise LatentDiffError("SDXL needs a text encoder with a projection (CLIPTextModelWithProjection) for the pooled text")
-    return torch.cat(hidden, dim=-1), pooled  # (B, 77·k, ΣD), (B, P)
+    return torch.cat(hidden, dim=-1), pooled  # (B, 77, ΣD), (B, P)

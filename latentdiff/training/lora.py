@@ -142,7 +142,6 @@ class LoraTrainer:
         self.lr = cfg.lr
         prepared = self.acc.prepare(self.unet, *self.text_models, optimizer)
         self.unet_ddp, self.text_ddps, self.optimizer = prepared[0], list(prepared[1:-1]), prepared[-1]
-        self.text_ddp = self.text_ddps[0] if self.text_ddps else self.text_encoder
         self.ddp_modules = [self.unet_ddp] + self.text_ddps  # the loop's no_sync set
 
     # -- pieces of a step --------------------------------------------------------------------------------------------

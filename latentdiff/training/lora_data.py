@@ -158,8 +158,7 @@ class LoraData:
 
         tokenizers = [t for t, e in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)) if e is not None]
         with torch.set_grad_enabled(trained_encoders is not None and torch.is_grad_enabled()):
-            context, pooled = encode_sdxl_trainable(tokenizers, trained_encoders or self.encoders, captions)  # (B, 77·k, D), (B, P)
-        return context[:, :77], pooled  # the first 75-token chunk: the cut caption (pooled is the first chunk's already)
+            return encode_sdxl_trainable(tokenizers, trained_encoders or self.encoders, captions)  # (B, 77, D), (B, P)
 
     def sdxl_context(self, captions: list[str], trained_encoders: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(context (B, 77, D1+D2), pooled (B, P)) in the weight dtype: cached, or encoded now (with gradients through
