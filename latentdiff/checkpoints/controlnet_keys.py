@@ -80,7 +80,8 @@ def layout_from_ldm(state: Mapping[str, torch.Tensor], source: str) -> ControlLa
 def to_diffusers(state: Mapping[str, torch.Tensor], layout: ControlLayout, source: str) -> dict[str, torch.Tensor]:
     """Normalized LDM tensors → diffusers names, every tensor shape-checked; no key may be left over."""
     entries = controlnet_entries(layout)
-    extra = next((k for k in state if k not in {e.ldm for e in entries}), None)
+    known = {e.ldm for e in entries}  # built once, not per key
+    extra = next((k for k in state if k not in known), None)
     if extra is not None:
         raise LatentDiffError(f"{source}: unexpected ControlNet key {extra}")
     return K.to_diffusers(state, entries, f"{source}: ControlNet")

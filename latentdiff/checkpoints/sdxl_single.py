@@ -131,8 +131,8 @@ def read_sdxl_file(path: str | os.PathLike, state: Mapping[str, torch.Tensor], *
         t = K.clip_layout_from_ldm(state, prefix)
         entries["text_encoder"] = K.clip_entries(t, prefix)
     ignored = {CLIP_L + "embeddings.position_ids", CLIP_L_SHORT + "embeddings.position_ids"}
-    stray = next((k for k in state if k not in {e.ldm for es in entries.values() for e in es} and k not in ignored
-                  and not K.is_ignored(k) and not k.startswith(IGNORED_PREFIXES)), None)
+    stray = K.first_unmapped((k for k in state if k not in ignored and not k.startswith(IGNORED_PREFIXES)),
+                             [e for es in entries.values() for e in es])
     if stray is not None:
         raise LatentDiffError(f"{path}: unexpected key {stray} (not part of an SDXL U-Net, VAE or text encoder)")
 
