@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import LatentDiffError
 from .models.attention import Attention, scaled_dot_product
+from .runtime import DTYPE_NAMES
 
 # Levers a pipeline turns on by itself (fast=None, the default) and with fast=True, by (device type, weights dtype):
 # only those a committed benchmark (EVIDENCE) measured faster than the default path in the same run, with peak memory
@@ -28,7 +29,6 @@ EVIDENCE: dict[tuple[str, str], str] = {
     ("cpu", "bf16"): "benchmarks/results/cpu_step.json: SD1.5 U-Net CFG step 0.82x diffusers-bf16 (0.84x ours without it), "
                      "peak RSS 0.93x diffusers', image drift vs fp32 mean 0.63/255 (bf16 alone 0.65), idle 2-core AMX CPU",
 }
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 VAE_TILE_ABOVE = 1024  # pixels per side: larger images decode in tiles of this size (peak memory stays at 1024² level)
 
 

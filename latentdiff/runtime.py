@@ -8,6 +8,7 @@ from .errors import LatentDiffError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if len(name) == 4}  # torch dtype → fp32 | fp16 | bf16
 
 
 def default_device() -> torch.device:

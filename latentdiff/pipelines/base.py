@@ -22,7 +22,7 @@ from ..models.text import encode_prompts
 from ..runtime import parse_device, parse_dtype
 from .control import controlled_unet, with_controls
 from .guidance import CFGDenoiser
-from .image_latents import strength_timesteps
+from .image_latents import draw_noise, strength_timesteps
 from .png_metadata import GenerationParams
 from .prompt_editing import step_contexts, switcher
 from .request import Request, check_guidance, check_memory, check_numbers, expand_request, request_params
@@ -233,8 +233,7 @@ class PipelineBase:
         """Gaussian latents (B, C, h, w) in fp32, one CPU generator per image seeded with its seed (as diffusers with a list)."""
         gens = generators(seeds)
         c = self.unet.config.out_channels
-        shape = (1, c, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        noise = torch.cat([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])  # (B, C, h, w)
+        noise = draw_noise(gens, (len(gens), c, height // self.vae_scale_factor, width // self.vae_scale_factor))  # (B, C, h, w)
         return noise.to(self.device), gens  # fp32: the sampler's state stays fp32 (denoise)
 
     def denoise(self, latents: torch.Tensor, scheduler, timesteps: torch.Tensor, model: Callable, generators: list,

@@ -18,7 +18,7 @@ from diffusers import (
 import inspect
 
 from ..errors import LatentDiffError
-from ..sampler_names import DISPLAY, SCHEDULES, check_sampler, check_schedule  # noqa: F401  (pipelines import the checks from here)
+from ..sampler_names import _SCHEDULE_BY_LABEL, DISPLAY, SCHEDULES, check_sampler, check_schedule  # noqa: F401  (pipelines import the checks from here)
 
 # name → (scheduler class, config overrides, A1111's display name); the names and display names live in sampler_names
 _SCHEDULERS = {
@@ -165,7 +165,7 @@ def schedule_from_a1111(fields: dict[str, str]) -> str:
         return "automatic"
     if label == "Karras" and A1111_SAMPLERS[base][1]:
         return "automatic"
-    name = {v: k for k, v in SCHEDULES.items()}.get(label)
+    name = _SCHEDULE_BY_LABEL.get(label)
     if name is None:
         return "automatic"
     try:
