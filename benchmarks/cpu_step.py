@@ -31,7 +31,7 @@ import torch
 
 from latentdiff import fast
 from latentdiff.bench.harness import Runner, ensure_model, machine_info, measure_memory
-from latentdiff.bench.variants import BenchSettings, Variant
+from latentdiff.bench.variants import DEFAULT_WORK_DIR, BenchSettings, Variant
 from latentdiff.models.attention import set_attention_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def main() -> None:
                     help="add ours-bf16-cl-compile: torch.compile (inductor, freezing) of the channels-last U-Net; its warm-up is the compile time")
     ap.add_argument("--memory-size", type=int, default=512,
                     help="image side for the peak-RSS probes: each arm draws a 2-step image in a fresh process (0: skip)")
-    ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "latentdiff" / "bench"))
+    ap.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu_step.json"))
     args = ap.parse_args()
     device = torch.device("cpu")

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from pathlib import Path
 
 import torch
 
 from latentdiff.bench.harness import ensure_model, machine_info, measure_variant
-from latentdiff.bench.variants import BenchSettings, Variant
+from latentdiff.bench.variants import DEFAULT_WORK_DIR, BenchSettings, Variant
 from latentdiff.fileio import write_json
 
 LEVERS = {"qkv": dict(fused_qkv=True), "compile": dict(compile="default"), "cudagraph": dict(compile="reduce-overhead")}
@@ -32,7 +31,7 @@ def main() -> int:
     ap.add_argument("--layout", default="sd15")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "latentdiff" / "bench"))
+    ap.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR))
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     device = torch.device(a.device)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
+from ..bench.variants import DEFAULT_WORK_DIR
 from ..errors import LatentDiffError
 from .common import add_flag
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"  # the source tree's benchmarks/ folder
-WORK_DIR = Path(os.environ.get("LATENTDIFF_BENCH_DIR", Path.home() / ".cache" / "latentdiff" / "bench"))
 
 
 def load_bench_module(name: str):
@@ -54,7 +53,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair-rounds", type=int, default=4, help="alternations per pair (default 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work-dir", default=str(WORK_DIR), help="where the random-weight model folder is cached (GBs)")
+    p.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="where the random-weight model folder is cached (GBs)")
     p.add_argument("--label", default="", help="what this run is, written into the JSON and the table")
     p.add_argument("--out", help="raw JSON path (e.g. benchmarks/results/cpu-sd15.json)")
 

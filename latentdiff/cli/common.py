@@ -215,11 +215,32 @@ def check_runtime(args) -> None:
         raise LatentDiffError(f"unknown attention {args.attention!r}; choose one of {', '.join(BACKENDS)}")
 
 
+def load_pipeline(args):
+    """The pipeline the model flags ask for (--model, --vae, --dtype, --lora, --embeddings-dir, ...), as generate,
+    img2img and inpaint load it; says on stderr what --fast/--compile turned on."""
+    from ..checkpoints.loader import resolve_model
+    from ..pipelines import LatentDiffusionPipeline
+
+    embeddings = read_embeddings_arg(args)
+    pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
+                                                   attention=args.attention, allow_pickle=args.allow_pickle,
+                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile,
+                                                   vae=args.vae)
+    pipe.embeddings.update(embeddings)
+    report_fast(pipe, args)
+    if args.model in (None, "default"):
+        pipe.model_name = "default"
+    for path, weight in args.lora:
+        pipe.load_lora(path, weight=weight)
+    return pipe
+
+
 def report_fast(pipe, args) -> None:
     """One line on stderr saying what --fast/--compile turned on here (BENCHMARKS.md lists what is proven faster)."""
     if not (args.fast or args.compile):
         return
-    from ..fast import DTYPE_NAMES, levers_for
+    from ..fast import levers_for
+    from ..runtime import DTYPE_NAMES
 
     where = f"{pipe.device.type} {DTYPE_NAMES.get(pipe.dtype, pipe.dtype)}"
     note = "" if levers_for(pipe.device, pipe.dtype) or not args.fast else f"; no speed lever is proven faster on {where} yet"

@@ -83,25 +83,6 @@ def _sampling(args) -> SimpleNamespace:
     return s
 
 
-def _load_pipeline(args):
-    from ..checkpoints.loader import resolve_model
-    from .common import read_embeddings_arg, report_fast
-    from ..pipelines import LatentDiffusionPipeline
-
-    embeddings = read_embeddings_arg(args)
-    pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype,
-                                                   attention=args.attention, allow_pickle=args.allow_pickle,
-                                                   prediction_type=args.prediction_type, fast=args.fast, compile=args.compile,
-                                                   vae=args.vae)
-    pipe.embeddings.update(embeddings)
-    report_fast(pipe, args)
-    if args.model in (None, "default"):
-        pipe.model_name = "default"
-    for path, weight in args.lora:
-        pipe.load_lora(path, weight=weight)
-    return pipe
-
-
 def _save(out, paths) -> int:
     from .common import save_outputs
 
@@ -109,7 +90,7 @@ def _save(out, paths) -> int:
 
 
 def cmd_img2img(args) -> int:
-    from .common import output_paths
+    from .common import load_pipeline, output_paths
     from .control import control_units
     from ..pipelines.image_latents import check_strength
     from ..pipelines.images import load_image
@@ -121,7 +102,7 @@ def cmd_img2img(args) -> int:
     _check_inputs(args.replay, expected, {"image": init.sha})
     controls = control_units(args)
     paths = output_paths(args.out, args.num)
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args)
     out = pipe.img2img(args.prompt, init, args.negative, strength=strength, num_inference_steps=s.steps,
                        guidance_scale=s.guidance, sampler=s.sampler, seed=args.seed, num_images=args.num,
                        guidance_rescale=args.guidance_rescale, clip_skip=args.clip_skip, schedule=args.schedule or "automatic",
@@ -130,7 +111,7 @@ def cmd_img2img(args) -> int:
 
 
 def cmd_inpaint(args) -> int:
-    from .common import output_paths
+    from .common import load_pipeline, output_paths
     from .control import control_units
     from ..errors import LatentDiffError
     from ..pipelines.image_latents import check_strength
@@ -150,7 +131,7 @@ def cmd_inpaint(args) -> int:
     _check_inputs(args.replay, expected, {"image": init.sha, "mask": mask.sha})
     controls = control_units(args)
     paths = output_paths(args.out, args.num)
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args)
     out = pipe.inpaint(args.prompt, init, mask, args.negative, strength=strength, mask_blur=args.mask_blur,
                        overlay_original=args.overlay, num_inference_steps=s.steps, guidance_scale=s.guidance,
                        sampler=s.sampler, seed=args.seed, num_images=args.num, guidance_rescale=args.guidance_rescale,

@@ -7,8 +7,8 @@ import sys
 from ..checkpoints.loader import resolve_model
 from ..errors import LatentDiffError
 from .control import add_control_args, control_units
-from .common import (add_model_args, add_sampling_args, check_request, check_runtime, output_paths, read_embeddings_arg,
-                     report_fast, save_outputs)
+from .common import (add_model_args, add_sampling_args, check_request, check_runtime, load_pipeline, output_paths,
+                     save_outputs)
 
 def add_generate_parsers(sub) -> None:
     """`generate` (a prompt, or --replay PNG) and `info` (a model or a LoRA file)."""
@@ -48,7 +48,6 @@ def cmd_generate(args) -> int:
                          steps=args.steps, sampler=args.sampler, guidance_scale=args.guidance,
                          seed=args.seed, width=args.width, height=args.height, guidance_rescale=args.guidance_rescale,
                          clip_skip=args.clip_skip, schedule=args.schedule or "automatic")
-    model, loras = args.model, args.lora
     num = args.num
     check_request(p, num)
     check_runtime(args)
@@ -59,16 +58,7 @@ def cmd_generate(args) -> int:
         hires = HiresFix(args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler)
     controls = control_units(args)
     paths = output_paths(args.out, num)
-    embeddings = read_embeddings_arg(args)
-    pipe = LatentDiffusionPipeline.from_pretrained(resolve_model(model), device=args.device, dtype=args.dtype,
-                                                   attention=args.attention, allow_pickle=args.allow_pickle,
-                                                   fast=args.fast, compile=args.compile,
-                                                   prediction_type=args.prediction_type, vae=args.vae)
-    report_fast(pipe, args)
-    if model in (None, "default"):
-        pipe.model_name = "default"
-    for path, weight in loras:
-        pipe.load_lora(path, weight=weight)
+    pipe = load_pipeline(args)
     xl = {}
     if args.refiner:  # SDXL base → refiner hand-off (pipelines.text_to_image.refine checks both are SDXL)
         from ..pipelines.sdxl import check_switch
@@ -76,7 +66,6 @@ def cmd_generate(args) -> int:
         xl = dict(refiner_switch=check_switch(args.refiner_switch),
                   refiner=LatentDiffusionPipeline.from_pretrained(args.refiner, device=args.device, dtype=args.dtype,
                                                                   attention=args.attention, allow_pickle=args.allow_pickle))
-    pipe.embeddings.update(embeddings)
     draw = pipe
     if hires is not None:
         from functools import partial
