@@ -240,13 +240,14 @@ class Worker:
         if job.mode != "txt2img":  # img2img runs int(steps · strength) steps
             p.sampling_steps = max(1, min(steps, int(steps * job.strength)))
         out = PipelineOutput([], [])
+        controls = self._controls(job)  # loaded once for every batch of the job
         for n in range(job.n_iter):
             if p.interrupted:
                 break
             p.batch_no, p.sampling_step = n, 0
             kw = dict(num_inference_steps=job.steps, guidance_scale=job.cfg_scale, sampler=job.sampler, num_images=job.batch_size,
                       seed=job.seed + n * job.batch_size, width=job.width, height=job.height, progress=False,
-                      callback=self._step, controls=self._controls(job))
+                      callback=self._step, controls=controls)
             if job.mode == "txt2img" and job.hires is not None:
                 from ..pipelines.hires import hires_fix
 
