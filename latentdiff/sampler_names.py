@@ -22,7 +22,7 @@ DISPLAY = {
 _BY_DISPLAY = {display: name for name, display in DISPLAY.items()}
 
 
-def _our_name(name: str, labels: dict[str, str], by_label: dict[str, str], what: str) -> str:
+def our_name(name: str, labels: dict[str, str], by_label: dict[str, str], what: str) -> str:
     """`name` if it is ours, ours for an A1111 label, else a one-line error listing ours."""
     if name in labels:
         return name
@@ -33,7 +33,7 @@ def _our_name(name: str, labels: dict[str, str], by_label: dict[str, str], what:
 
 def check_sampler(name: str) -> str:
     """Accept our short name or A1111's display name; fail with one line otherwise."""
-    return _our_name(name, DISPLAY, _BY_DISPLAY, "sampler")
+    return our_name(name, DISPLAY, _BY_DISPLAY, "sampler")
 
 
 # our schedule name → A1111's "Schedule type" label (A1111 ≥ 1.9, ComfyUI's scheduler names); the last three are
@@ -55,4 +55,4 @@ _SCHEDULE_BY_LABEL = {label: name for name, label in SCHEDULES.items()}
 
 def check_schedule(name: str) -> str:
     """Accept our schedule name or A1111's label ("Karras", "SGM Uniform"); fail with one line otherwise."""
-    return _our_name(name, SCHEDULES, _SCHEDULE_BY_LABEL, "schedule")
+    return our_name(name, SCHEDULES, _SCHEDULE_BY_LABEL, "schedule")

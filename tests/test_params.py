@@ -33,6 +33,10 @@ def test_every_sampler_has_a_row():
     assert set(A1111_TABLE) == set(SAMPLERS)
 
 
+def test_schedule_given_as_an_a1111_label_writes_its_field():
+    assert a1111_fields("euler", "Karras") == a1111_fields("euler", "karras") == {"Sampler": "Euler", "Schedule type": "Karras"}
+
+
 @pytest.mark.parametrize("name", sorted(A1111_TABLE))
 def test_sampler_fields_round_trip_through_the_infotext(name):
     fields, _ = A1111_TABLE[name]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import LatentDiffError
+from ..sampler_names import our_name
 from .base import Draw, PipelineBase, PipelineOutput, generators
 from .image_latents import check_strength, draw_noise, strength_timesteps, vae_encode
 from .request import Request
@@ -43,10 +44,7 @@ class HiresFix:
     upscaler: str = "latent"    # "Hires upscaler": a key of UPSCALERS (or its A1111 label)
 
     def __post_init__(self):
-        if self.upscaler in _BY_LABEL:
-            self.upscaler = _BY_LABEL[self.upscaler]
-        if self.upscaler not in UPSCALERS:
-            raise LatentDiffError(f"unknown hires upscaler {self.upscaler!r}; choose one of {', '.join(UPSCALERS)}")
+        self.upscaler = our_name(self.upscaler, UPSCALERS, _BY_LABEL, "hires upscaler")
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 1.0 <= self.scale <= 8.0:
             raise LatentDiffError(f"hires scale must be in [1, 8], got {self.scale}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:

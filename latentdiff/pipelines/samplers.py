@@ -121,7 +121,8 @@ _DEFAULT_SCHEDULE = {"DPM++ 2M": "Karras", "k_dpmpp_2m": "Karras"}  # what "Auto
 def a1111_fields(name: str, schedule: str = "automatic") -> dict[str, str]:
     """The infotext fields (`Sampler`, maybe `Schedule type`, `Eta DDIM`) A1111 ≥ 1.9 reads as this sampler and schedule."""
     fields = dict(A1111_FIELDS[check_sampler(name)])
-    if check_schedule(schedule) != "automatic":
+    schedule = check_schedule(schedule)  # an A1111 label ("Karras") becomes our name
+    if schedule != "automatic":
         fields["Schedule type"] = SCHEDULES[schedule]
     return fields
 
