@@ -253,11 +253,12 @@ def from_kohya(tensors: Mapping[str, torch.Tensor], module_keys: Iterable[str], 
     return _pair(downs, ups, lambda name, rank: alphas.get(name, float(rank)))
 
 
-def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
-    """kohya/A1111 tensors with each module's TRUE alpha (diffusers' converter writes alpha = rank instead)."""
+def to_kohya(state: LoraState, names: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """kohya/A1111 tensors with each module's TRUE alpha (diffusers' converter writes alpha = rank instead); `names`
+    gives a module key another kohya name (SDXL's lora_te1_ and SGM U-Net names, lora.sdxl), else kohya_name's."""
     out = {}
     for key, m in state.items():
-        name = kohya_name(key)
+        name = (names or {}).get(key) or kohya_name(key)
         out[f"{name}.lora_down.weight"] = m.down
         out[f"{name}.lora_up.weight"] = m.up
         out[f"{name}.alpha"] = torch.tensor(float(m.alpha))

@@ -11,7 +11,7 @@ from typing import Iterable
 from torch import nn
 
 from ..checkpoints import ldm_keys as K
-from .formats import KOHYA_PREFIX, LoraState, split_key
+from .formats import KOHYA_PREFIX, LoraState, split_key, to_kohya
 
 
 def unet_layout(config) -> K.UNetLayout:
@@ -44,19 +44,7 @@ def kohya_aliases(unet: nn.Module, module_keys: Iterable[str]) -> dict[str, str]
 
 def to_kohya_sdxl(state: LoraState, unet: nn.Module) -> dict:
     """kohya tensors as sd-scripts writes SDXL LoRAs: SGM U-Net names, lora_te1_/lora_te2_ (true alphas)."""
-    import torch
-
-    back = {v: k for k, v in sgm_names(unet).items()}
-    out = {}
-    for key, m in state.items():
-        component, path = split_key(key)
-        name = back.get(key) if component == "unet" else \
-            ("lora_te1_" if component == "text_encoder" else "lora_te2_") + path.replace(".", "_")
-        if name is None:
-            name = KOHYA_PREFIX["unet"] + path.replace(".", "_")
-        out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"] = m.down, m.up
-        out[f"{name}.alpha"] = torch.tensor(float(m.alpha))
-    return out
+    return to_kohya(state, names={key: name for name, key in kohya_aliases(unet, state).items()})
 
 
 SDXL_MARKS = ("lora_te1_", "lora_te2_", "text_encoder_2.")  # names only SDXL LoRAs use
