@@ -212,10 +212,9 @@ def apply_replay(args, mode: str) -> tuple[list[str], dict[str, str]]:
             expected = {"image": p.extra["Init image hash"], "mask": p.extra.get("Mask hash", "")}
     elif mode == "generate" and "Hires upscale" in p.extra:
         if getattr(args, "hires_scale", None) is None:
-            from .hires import HiresFix  # the one reader of the Hires fields
-
-            h = HiresFix.from_fields(p.extra)
-            args.hires_scale, args.hires_steps, args.hires_strength, args.hires_upscaler = h.scale, h.steps, h.strength, h.upscaler
+            args.hires_scale, args.hires_steps = float(p.extra["Hires upscale"]), int(p.extra.get("Hires steps", 0) or 0)
+            args.hires_strength = float(p.extra.get("Denoising strength", 0.7))
+            args.hires_upscaler = str(p.extra.get("Hires upscaler", "Latent"))
     elif src.origin == "a1111" and "Denoising strength" in p.extra:
         lines.append("note: this PNG was drawn by img2img from an input picture it does not carry; drawing it from noise")
     return lines, expected
